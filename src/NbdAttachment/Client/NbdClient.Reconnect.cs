@@ -1,0 +1,113 @@
+using System.Diagnostics;
+using NbdAttachment.Diagnostics;
+using NbdAttachment.Engine;
+
+namespace NbdAttachment.Client;
+
+public sealed partial class NbdClient
+{
+    /// <summary>
+    /// Owns the life cycle: runs a wire until it ends, then either reconnects (transport failures, under the
+    /// reconnect policy) and replays the requests in flight, or fails the client (fatal errors, policy exhausted).
+    /// </summary>
+    private async Task SuperviseAsync(NbdWire wire)
+    {
+        while (true)
+        {
+            var error = await _connection.RunWireAsync(wire).ConfigureAwait(false);
+            if (_closing.IsCancellationRequested)
+            {
+                return;
+            }
+
+            error ??= new NbdConnectionException("The server closed the connection.");
+            Log.ConnectionBroken(_logger, Uri.ToString(), _connection.PendingReplay, error);
+            if (error is not NbdException { IsTransient: true } || _options.Reconnect.IsDisabled)
+            {
+                Fail(error);
+                return;
+            }
+
+            SetState(NbdClientState.Reconnecting, error);
+            var next = await ReconnectAsync(error).ConfigureAwait(false);
+            if (next is null)
+            {
+                return;
+            }
+
+            wire = next;
+            ReconnectCount++;
+            SetState(NbdClientState.Connected, null);
+        }
+    }
+
+    private async Task<NbdWire?> ReconnectAsync(Exception cause)
+    {
+        var started = Stopwatch.GetTimestamp();
+        var last = cause;
+        for (var attempt = 1; ; attempt++)
+        {
+            var delay = _options.Reconnect.GetDelay(attempt, Stopwatch.GetElapsedTime(started));
+            if (delay is null)
+            {
+                Log.ReconnectGaveUp(_logger, Uri.ToString(), attempt - 1, last);
+                Fail(new NbdConnectionException($"The connection to {Uri} was lost and {attempt - 1} reconnect attempts failed: {last.Message}", last));
+                return null;
+            }
+
+            Log.ReconnectScheduled(_logger, attempt, Uri.ToString(), delay.Value);
+            try
+            {
+                await Task.Delay(delay.Value, _closing.Token).ConfigureAwait(false);
+                var (stream, _) = await NbdSession.OpenAsync(Uri, _options, _logger, _connection.Export, _closing.Token).ConfigureAwait(false);
+                Log.Reconnected(_logger, Uri.ToString(), attempt, _connection.PendingReplay);
+                return new NbdWire(stream, _connection);
+            }
+            catch (OperationCanceledException) when (_closing.IsCancellationRequested)
+            {
+                return null;
+            }
+            catch (NbdException ex) when (ex.IsTransient)
+            {
+                last = ex;
+            }
+            catch (NbdException ex)
+            {
+                Fail(ex);
+                return null;
+            }
+        }
+    }
+
+    private void Fail(Exception error)
+    {
+        if (_closing.IsCancellationRequested)
+        {
+            return;
+        }
+
+        if (error is NbdProtocolException)
+        {
+            Log.ProtocolViolation(_logger, Uri.ToString(), error);
+        }
+
+        _connection.Fail(error);
+        SetState(NbdClientState.Failed, error);
+    }
+
+    /// <summary>Declares the wire dead when the oldest request has waited past the timeout with nothing received.</summary>
+    private void OnHeartbeat()
+    {
+        var wire = _connection.CurrentWire;
+        if (wire is null || _connection.InFlight == 0)
+        {
+            return;
+        }
+
+        var timeout = _options.RequestTimeout;
+        if (Stopwatch.GetElapsedTime(wire.LastReceiveTimestamp) >= timeout && _connection.OldestSentAge() >= timeout)
+        {
+            wire.Stop(new NbdTimeoutException($"No reply from the server for {timeout.TotalSeconds:0.###} s with requests in flight."));
+        }
+    }
+}

@@ -1,0 +1,226 @@
+using System.Buffers;
+using System.Threading.Tasks.Sources;
+using NbdAttachment.Client;
+using NbdAttachment.Protocol;
+
+namespace NbdAttachment.Engine;
+
+/// <summary>
+/// One request slot: a pooled, reusable <see cref="IValueTaskSource"/>. Continuations always run asynchronously,
+/// so user code never runs on the read loop. A slot is owned by the caller (until it reads the result) and by
+/// the wire (until the server's reply is complete, or the request is dropped before it was sent); it returns
+/// to the free list when both have let go.
+/// </summary>
+internal sealed class NbdRequest : IValueTaskSource
+{
+    public const int StateFree = 0;
+    public const int StateQueued = 1;
+    public const int StateSent = 2;
+    public const int StateDone = 3;
+
+    private static readonly Action<object?> CancelCallback = static state => ((NbdRequest)state!).Cancel();
+
+    private readonly RequestTable _table;
+    private ManualResetValueTaskSourceCore<bool> _core; // mutable struct: never readonly
+    private int _state;
+    private int _owners;
+    private CancellationTokenRegistration _registration;
+    private uint _generation;
+
+    public NbdRequest(RequestTable table, int slot)
+    {
+        _table = table;
+        Slot = slot;
+        _core.RunContinuationsAsynchronously = true;
+    }
+
+    public int Slot { get; }
+
+    public ulong Cookie => ((ulong)_generation << 32) | (uint)Slot;
+
+    public int State => Volatile.Read(ref _state);
+
+    public NbdCommand Command { get; private set; }
+
+    public NbdCommandFlags Flags { get; private set; }
+
+    public ulong Offset { get; private set; }
+
+    public uint Length { get; private set; }
+
+    public ReadOnlyMemory<byte> Payload { get; private set; }
+
+    public Memory<byte> ReadBuffer { get; private set; }
+
+    /// <summary>Set once the caller gave up (cancelled or timed out): no more bytes may go into its buffer.</summary>
+    public bool Abandoned { get; private set; }
+
+    /// <summary>The first error reported for this reply (later ones are ignored, as the spec advises).</summary>
+    public Exception? Error { get; set; }
+
+    /// <summary>Bytes of the read range covered by data or hole chunks so far.</summary>
+    public long Covered { get; set; }
+
+    /// <summary>Block status: the meta context id wanted, and the extents received for it.</summary>
+    public uint ContextId { get; private set; }
+
+    /// <summary>Block status: the caller's list that receives the extents.</summary>
+    public List<NbdExtent>? Extents { get; private set; }
+
+    public short Version => _core.Version;
+
+    public long StartTimestamp { get; private set; }
+
+    public void Prepare(NbdCommand command, NbdCommandFlags flags, ulong offset, uint length, ReadOnlyMemory<byte> payload, Memory<byte> readBuffer, uint contextId = 0, List<NbdExtent>? extents = null)
+    {
+        _generation++;
+        Command = command;
+        Flags = flags;
+        Offset = offset;
+        Length = length;
+        Payload = payload;
+        ReadBuffer = readBuffer;
+        ContextId = contextId;
+        Abandoned = false;
+        Error = null;
+        Covered = 0;
+        Extents = extents;
+        _owners = 2;
+        StartTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
+        Volatile.Write(ref _state, StateQueued);
+    }
+
+    public void RegisterCancellation(CancellationToken cancellationToken)
+    {
+        if (cancellationToken.CanBeCanceled)
+        {
+            _registration = cancellationToken.UnsafeRegister(CancelCallback, this);
+        }
+    }
+
+    /// <summary>The writer is about to put the request on the wire. False if it was abandoned while queued.</summary>
+    public bool TryMarkSent() => Interlocked.CompareExchange(ref _state, StateSent, StateQueued) == StateQueued;
+
+    /// <summary>A broken wire hands a sent request back for replay on the next connection.</summary>
+    public bool TryRequeue() => Interlocked.CompareExchange(ref _state, StateQueued, StateSent) == StateSent;
+
+    /// <summary>Completes the request (null error = success) and releases the wire's ownership.</summary>
+    public void Complete(Exception? error)
+    {
+        var previous = Interlocked.Exchange(ref _state, StateDone);
+        if (previous is StateDone or StateFree)
+        {
+            return;
+        }
+
+        lock (this)
+        {
+            if (!Abandoned)
+            {
+                Signal(error);
+            }
+        }
+
+        ReleaseOwner();
+    }
+
+    /// <summary>Copies reply bytes into the caller's buffer unless the caller already gave up.</summary>
+    public void CopyToReadBuffer(in System.Buffers.ReadOnlySequence<byte> data, long offsetInRequest)
+    {
+        lock (this)
+        {
+            if (!Abandoned)
+            {
+                data.CopyTo(ReadBuffer.Span.Slice((int)offsetInRequest));
+            }
+        }
+    }
+
+    /// <summary>Zero-fills part of the caller's buffer (a hole chunk) unless the caller already gave up.</summary>
+    public void ZeroReadBuffer(long offsetInRequest, int length)
+    {
+        lock (this)
+        {
+            if (!Abandoned)
+            {
+                ReadBuffer.Span.Slice((int)offsetInRequest, length).Clear();
+            }
+        }
+    }
+
+    /// <summary>The caller gave up: it is told at once; the slot stays reserved until the server's reply arrives.</summary>
+    public void Abandon(Exception error)
+    {
+        lock (this)
+        {
+            if (Abandoned || State is StateDone or StateFree)
+            {
+                return;
+            }
+
+            Abandoned = true;
+            Signal(error);
+        }
+
+        // A request that never reached the wire needs no reply: the writer skips it.
+        if (Interlocked.CompareExchange(ref _state, StateDone, StateQueued) == StateQueued)
+        {
+            ReleaseOwner();
+        }
+    }
+
+    public ValueTaskSourceStatus GetStatus(short token) => _core.GetStatus(token);
+
+    public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
+        _core.OnCompleted(continuation, state, token, flags);
+
+    public void GetResult(short token)
+    {
+        try
+        {
+            _core.GetResult(token);
+        }
+        finally
+        {
+            ReleaseOwner();
+        }
+    }
+
+    /// <summary>Adds a block-status extent to the caller's list unless the caller already gave up.</summary>
+    public void AddExtent(NbdExtent extent)
+    {
+        lock (this)
+        {
+            if (!Abandoned)
+            {
+                Extents!.Add(extent);
+            }
+        }
+    }
+
+    private void Signal(Exception? error)
+    {
+        _registration.Dispose();
+        _registration = default;
+        if (error is null)
+        {
+            _core.SetResult(true);
+        }
+        else
+        {
+            _core.SetException(error);
+        }
+    }
+
+    private void Cancel() => Abandon(new OperationCanceledException($"The {NbdNames.Command(Command)} request was cancelled."));
+
+    private void ReleaseOwner()
+    {
+        if (Interlocked.Decrement(ref _owners) == 0)
+        {
+            _core.Reset();
+            Volatile.Write(ref _state, StateFree);
+            _table.Release(this);
+        }
+    }
+}

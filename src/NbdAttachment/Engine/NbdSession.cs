@@ -1,0 +1,89 @@
+using Microsoft.Extensions.Logging;
+using NbdAttachment.Client;
+using NbdAttachment.Diagnostics;
+using NbdAttachment.Transport;
+
+namespace NbdAttachment.Engine;
+
+/// <summary>Opens a transport and negotiates on it, bounded by the connect timeout.</summary>
+internal static class NbdSession
+{
+    /// <summary>
+    /// Connects and negotiates up to transmission. With <paramref name="existing"/> (a reconnect) the export must
+    /// still match what was negotiated first: a changed size or read-only flag is fatal.
+    /// </summary>
+    public static async ValueTask<(Stream Stream, NbdExportInfo Export)> OpenAsync(NbdUri uri, NbdClientOptions options, ILogger logger, NbdExportInfo? existing, CancellationToken cancellationToken)
+    {
+        var (stream, export) = await NegotiateAsync(uri, options, logger, static (n, ct) => n.GoAsync(ct), cancellationToken).ConfigureAwait(false);
+        if (existing is not null)
+        {
+            var first = existing;
+            if (export.Size != first.Size || export.IsReadOnly != first.IsReadOnly)
+            {
+                await stream.DisposeAsync().ConfigureAwait(false);
+                throw new NbdNegotiationException(
+                    NbdNegotiationError.UnusableExport,
+                    null,
+                    $"After reconnecting, export '{uri.ExportName}' changed (size {first.Size} -> {export.Size}, read-only {first.IsReadOnly} -> {export.IsReadOnly}); the client will not use it.");
+            }
+
+            export = first;
+        }
+
+        Log.Connected(logger, uri.ToString(), export.ExportName, export.Size);
+        return (stream, export);
+    }
+
+    /// <summary>Connects, negotiates with <paramref name="action"/>, and closes (for LIST and INFO).</summary>
+    public static async ValueTask<T> NegotiateOnlyAsync<T>(NbdUri uri, NbdClientOptions? options, Func<NbdNegotiator, CancellationToken, ValueTask<T>> action, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(uri);
+        options ??= NbdClientOptions.Default;
+        options.Validate();
+        var logger = options.LoggerFactory.CreateLogger("NbdAttachment.Client");
+        var (stream, result) = await NegotiateAsync(uri, options, logger, action, cancellationToken).ConfigureAwait(false);
+        await stream.DisposeAsync().ConfigureAwait(false);
+        return result;
+    }
+
+    private static async ValueTask<(Stream Stream, T Result)> NegotiateAsync<T>(NbdUri uri, NbdClientOptions options, ILogger logger, Func<NbdNegotiator, CancellationToken, ValueTask<T>> action, CancellationToken cancellationToken)
+    {
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        if (options.ConnectTimeout != Timeout.InfiniteTimeSpan)
+        {
+            timeout.CancelAfter(options.ConnectTimeout);
+        }
+
+        Log.Connecting(logger, uri.ToString());
+        Stream? stream = null;
+        NbdNegotiator? negotiator = null;
+        try
+        {
+            stream = await NbdTransport.ConnectAsync(uri, timeout.Token).ConfigureAwait(false);
+            negotiator = new NbdNegotiator(stream, uri, options, logger);
+            var result = await action(negotiator, timeout.Token).ConfigureAwait(false);
+            return (negotiator.Stream, result);
+        }
+        catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested)
+        {
+            await DisposeAsync(negotiator?.Stream ?? stream).ConfigureAwait(false);
+            var error = new NbdTimeoutException($"Connecting to {uri} did not finish within {options.ConnectTimeout.TotalSeconds:0.###} s.", ex);
+            Log.ConnectFailed(logger, uri.ToString(), error);
+            throw error;
+        }
+        catch (Exception ex)
+        {
+            await DisposeAsync(negotiator?.Stream ?? stream).ConfigureAwait(false);
+            Log.ConnectFailed(logger, uri.ToString(), ex);
+            throw;
+        }
+    }
+
+    private static async ValueTask DisposeAsync(Stream? stream)
+    {
+        if (stream is not null)
+        {
+            await stream.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+}

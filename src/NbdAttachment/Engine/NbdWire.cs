@@ -1,0 +1,82 @@
+using System.IO.Pipelines;
+using NbdAttachment.Client;
+
+namespace NbdAttachment.Engine;
+
+/// <summary>
+/// One negotiated transport session in the transmission phase: the stream, its pipes, and the reader and
+/// writer loops. When either loop ends, both are stopped and the stream is closed; the owning
+/// <see cref="NbdConnection"/> then replays or fails whatever was in flight.
+/// </summary>
+internal sealed partial class NbdWire : IAsyncDisposable
+{
+    private readonly Stream _stream;
+    private readonly PipeReader _reader;
+    private readonly PipeWriter _writer;
+    private readonly NbdConnection _owner;
+    private readonly RequestTable _table;
+    private readonly CancellationTokenSource _stop = new();
+    private Exception? _firstError;
+    private int _disconnectSent;
+
+    public NbdWire(Stream stream, NbdConnection owner)
+    {
+        _stream = stream;
+        Export = owner.Export;
+        _owner = owner;
+        _table = owner.Table;
+        _reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
+        _writer = PipeWriter.Create(stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true));
+    }
+
+    public NbdExportInfo Export { get; }
+
+    /// <summary>Ticks of the last byte received, for the dead-connection check.</summary>
+    public long LastReceiveTimestamp { get; private set; } = System.Diagnostics.Stopwatch.GetTimestamp();
+
+    /// <summary>True once NBD_CMD_DISC went out: an end of stream is then the expected close.</summary>
+    public bool DisconnectSent => Volatile.Read(ref _disconnectSent) != 0;
+
+    /// <summary>Runs both loops until the wire breaks or closes; returns the first error (null after a clean disconnect).</summary>
+    public async Task<Exception?> RunAsync(IReadOnlyList<NbdRequest> replay)
+    {
+        var readTask = Task.Run(ReadLoopAsync);
+        var writeTask = Task.Run(() => WriteLoopAsync(replay));
+        var first = await Task.WhenAny(readTask, writeTask).ConfigureAwait(false);
+        await first.ConfigureAwait(false);
+        Stop(null);
+        await Task.WhenAll(readTask, writeTask).ConfigureAwait(false);
+        return _firstError;
+    }
+
+    /// <summary>Ends the wire with an error (idempotent: the first reason wins).</summary>
+    public void Stop(Exception? error)
+    {
+        if (error is not null)
+        {
+            Interlocked.CompareExchange(ref _firstError, error, null);
+        }
+
+        if (!_stop.IsCancellationRequested)
+        {
+            try
+            {
+                _stop.Cancel();
+            }
+            catch (ObjectDisposedException)
+            {
+            }
+
+            _stream.Dispose();
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Stop(null);
+        await _reader.CompleteAsync().ConfigureAwait(false);
+        await _writer.CompleteAsync().ConfigureAwait(false);
+        await _stream.DisposeAsync().ConfigureAwait(false);
+        _stop.Dispose();
+    }
+}

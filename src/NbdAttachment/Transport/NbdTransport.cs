@@ -1,0 +1,87 @@
+using System.Net;
+using System.Net.Sockets;
+using NbdAttachment.Client;
+
+namespace NbdAttachment.Transport;
+
+/// <summary>Opens the byte stream to a server: TCP (with TCP_NODELAY) or a Unix domain socket.</summary>
+internal static class NbdTransport
+{
+    public static async ValueTask<Stream> ConnectAsync(NbdUri uri, CancellationToken cancellationToken)
+    {
+        switch (uri.Transport)
+        {
+            case NbdTransportKind.Tcp:
+                return await ConnectTcpAsync(uri.Host ?? "localhost", uri.Port, cancellationToken).ConfigureAwait(false);
+            case NbdTransportKind.UnixSocket:
+                return await ConnectSocketAsync(
+                    new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified),
+                    new UnixDomainSocketEndPoint(uri.SocketPath!),
+                    $"Unix socket '{uri.SocketPath}'",
+                    cancellationToken).ConfigureAwait(false);
+            default:
+                throw new NbdNegotiationException(
+                    NbdNegotiationError.Platform,
+                    null,
+                    $"The {uri.Scheme} transport (AF_VSOCK) is not supported on this platform by this client.");
+        }
+    }
+
+    private static async ValueTask<Stream> ConnectTcpAsync(string host, int port, CancellationToken cancellationToken)
+    {
+        IPAddress[] addresses;
+        if (IPAddress.TryParse(host, out var literal))
+        {
+            addresses = [literal];
+        }
+        else
+        {
+            try
+            {
+                addresses = await Dns.GetHostAddressesAsync(host, cancellationToken).ConfigureAwait(false);
+            }
+            catch (SocketException ex)
+            {
+                throw new NbdConnectionException($"Cannot resolve host '{host}': {ex.Message}", ex);
+            }
+        }
+
+        NbdConnectionException? last = null;
+        foreach (var address in addresses)
+        {
+            try
+            {
+                var socket = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+                return await ConnectSocketAsync(socket, new IPEndPoint(address, port), $"{FormatHost(address)}:{port}", cancellationToken).ConfigureAwait(false);
+            }
+            catch (NbdConnectionException ex)
+            {
+                last = ex;
+            }
+        }
+
+        throw last ?? new NbdConnectionException($"Host '{host}' has no addresses.");
+    }
+
+    private static async ValueTask<Stream> ConnectSocketAsync(Socket socket, EndPoint endPoint, string what, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await socket.ConnectAsync(endPoint, cancellationToken).ConfigureAwait(false);
+            return new NetworkStream(socket, ownsSocket: true);
+        }
+        catch (SocketException ex)
+        {
+            socket.Dispose();
+            throw new NbdConnectionException($"Cannot connect to {what}: {ex.Message}", ex);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
+    private static string FormatHost(IPAddress address) =>
+        address.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{address}]" : address.ToString();
+}
