@@ -12,6 +12,19 @@ public sealed partial class NbdClient
     /// </summary>
     private async Task SuperviseAsync(NbdWire wire)
     {
+        try
+        {
+            await SuperviseLoopAsync(wire).ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            // A bug must not leave callers waiting forever: fail everything with it.
+            Fail(ex);
+        }
+    }
+
+    private async Task SuperviseLoopAsync(NbdWire wire)
+    {
         while (true)
         {
             var error = await _connection.RunWireAsync(wire).ConfigureAwait(false);

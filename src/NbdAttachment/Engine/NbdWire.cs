@@ -74,9 +74,25 @@ internal sealed partial class NbdWire : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         Stop(null);
-        await _reader.CompleteAsync().ConfigureAwait(false);
-        await _writer.CompleteAsync().ConfigureAwait(false);
-        await _stream.DisposeAsync().ConfigureAwait(false);
+
+        // The stream is closed already: whatever the writer still buffers is dropped (those requests are
+        // marked sent and will be replayed or failed by the owner), so completion errors are expected here.
+        try
+        {
+            await _writer.CompleteAsync().ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is IOException or ObjectDisposedException or OperationCanceledException or System.Net.Sockets.SocketException)
+        {
+        }
+
+        try
+        {
+            await _reader.CompleteAsync().ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is IOException or ObjectDisposedException or OperationCanceledException or System.Net.Sockets.SocketException)
+        {
+        }
+
         _stop.Dispose();
     }
 }

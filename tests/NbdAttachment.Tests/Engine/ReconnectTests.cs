@@ -1,0 +1,201 @@
+using NbdAttachment.Client;
+using NbdAttachment.Testing;
+using static NbdAttachment.Tests.Engine.CommandTests;
+
+namespace NbdAttachment.Tests.Engine;
+
+public sealed class ReconnectTests
+{
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(30);
+
+    private static readonly NbdClientOptions Fast = new()
+    {
+        Reconnect = NbdReconnectPolicy.Default with { InitialDelay = TimeSpan.FromMilliseconds(10), MaxDelay = TimeSpan.FromMilliseconds(100), MaxDuration = TimeSpan.FromSeconds(10) },
+    };
+
+    [Fact]
+    public async Task Drop_mid_write_with_64_in_flight_loses_nothing()
+    {
+        await using var server = await NbdTestServer.StartAsync();
+        await using var client = await NbdClient.ConnectAsync(server.Uri, Fast);
+        var states = new List<NbdClientState>();
+        client.StateChanged += (_, e) => { lock (states) { states.Add(e.Current); } };
+        server.Faults.DelayReplies(TimeSpan.FromMilliseconds(1), 40);
+        server.Faults.DropConnectionAfterRequests(30);
+        var writes = Enumerable.Range(0, 256).Select(i => client.WriteAsync(i * 8192L, Pattern(8192, i)).AsTask()).ToArray();
+        await Task.WhenAll(writes).WaitAsync(Bound);
+        client.ReconnectCount.Should().BeGreaterThanOrEqualTo(1);
+        client.State.Should().Be(NbdClientState.Connected);
+        var back = new byte[8192];
+        for (var i = 0; i < 256; i++)
+        {
+            await client.ReadAsync(i * 8192L, back);
+            back.Should().Equal(Pattern(8192, i), $"block {i} was acknowledged");
+        }
+
+        await WaitFor(() => { lock (states) { return states.Contains(NbdClientState.Reconnecting) && states[^1] == NbdClientState.Connected; } });
+    }
+
+    [Fact]
+    public async Task Reads_in_flight_are_resent_after_a_drop()
+    {
+        await using var server = await NbdTestServer.StartAsync();
+        var data = Pattern(64 * 4096, 1);
+        server.GetExport().WriteBytes(0, data);
+        await using var client = await NbdClient.ConnectAsync(server.Uri, Fast);
+        server.Faults.DropConnectionAfterRequests(10);
+        var buffers = Enumerable.Range(0, 64).Select(_ => new byte[4096]).ToArray();
+        await Task.WhenAll(Enumerable.Range(0, 64).Select(i => client.ReadAsync(i * 4096L, buffers[i]).AsTask())).WaitAsync(Bound);
+        for (var i = 0; i < 64; i++)
+        {
+            buffers[i].Should().Equal(data.AsSpan(i * 4096, 4096).ToArray());
+        }
+    }
+
+    [Fact]
+    public async Task Server_refusing_for_a_while_is_retried()
+    {
+        await using var server = await NbdTestServer.StartAsync();
+        await using var client = await NbdClient.ConnectAsync(server.Uri, Fast);
+        server.Faults.RefuseNextConnections(3);
+        server.Faults.DropConnectionAfterRequests(1);
+        await client.WriteAsync(0, new byte[] { 1 }).AsTask().WaitAsync(Bound);
+        client.ReconnectCount.Should().Be(1);
+        server.Statistics.ConnectionsRefused.Should().Be(3);
+    }
+
+    [Fact]
+    public async Task Server_refusing_forever_fails_the_client_and_its_io()
+    {
+        await using var server = await NbdTestServer.StartAsync();
+        var options = Fast with { Reconnect = Fast.Reconnect with { MaxAttempts = 3 } };
+        await using var client = await NbdClient.ConnectAsync(server.Uri, options);
+        server.Faults.RefuseNextConnections(1000);
+        server.Faults.DropConnectionAfterRequests(1);
+        var act = async () => await client.WriteAsync(0, new byte[] { 1 });
+        var error = (await act.Should().ThrowAsync<NbdConnectionException>().WaitAsync(Bound)).Which;
+        error.Message.Should().Contain("3 reconnect attempts");
+        client.State.Should().Be(NbdClientState.Failed);
+        var again = async () => await client.ReadAsync(0, new byte[1]);
+        await again.Should().ThrowAsync<NbdConnectionException>().WaitAsync(Bound);
+    }
+
+    [Fact]
+    public async Task Without_reconnect_a_drop_fails_requests_in_flight()
+    {
+        await using var server = await NbdTestServer.StartAsync();
+        await using var client = await NbdClient.ConnectAsync(server.Uri, new NbdClientOptions { Reconnect = NbdReconnectPolicy.Disabled });
+        server.Faults.DropConnectionAfterRequests(1);
+        var act = async () => await client.WriteAsync(0, new byte[] { 1 });
+        await act.Should().ThrowAsync<NbdConnectionException>().WaitAsync(Bound);
+        client.State.Should().Be(NbdClientState.Failed);
+    }
+
+    [Fact]
+    public async Task A_stalled_server_is_detected_by_the_request_timeout_and_requests_are_resent()
+    {
+        await using var server = await NbdTestServer.StartAsync();
+        await using var client = await NbdClient.ConnectAsync(server.Uri, Fast with { RequestTimeout = TimeSpan.FromMilliseconds(300) });
+        server.Faults.StallReplies();
+        var write = client.WriteAsync(0, new byte[] { 7 }).AsTask();
+        await WaitFor(() => client.ReconnectCount >= 1 || client.State == NbdClientState.Reconnecting);
+        server.Faults.ResumeReplies();
+        await write.WaitAsync(Bound);
+        server.GetExport().ReadBytes(0, 1).Should().Equal(7);
+    }
+
+    [Fact]
+    public async Task A_changed_export_after_reconnect_is_fatal()
+    {
+        await using var first = await NbdTestServer.StartAsync(new NbdTestServerOptions { Exports = [new NbdTestExportOptions { Size = 1 << 20 }] });
+        await using var client = await NbdClient.ConnectAsync(first.Uri, Fast);
+        var port = first.Port;
+        await first.DisposeAsync();
+        // A new server on the same port with a different size. The port may be taken meanwhile; then the test proves less but still passes.
+        NbdTestServer? second = null;
+        try
+        {
+            second = await StartOnPortAsync(port, 2 << 20);
+            if (second is null)
+            {
+                return;
+            }
+
+            var act = async () => await client.ReadAsync(0, new byte[1]);
+            var error = (await act.Should().ThrowAsync<NbdNegotiationException>().WaitAsync(Bound)).Which;
+            error.Error.Should().Be(NbdNegotiationError.UnusableExport);
+            client.State.Should().Be(NbdClientState.Failed);
+        }
+        finally
+        {
+            if (second is not null)
+            {
+                await second.DisposeAsync();
+            }
+        }
+    }
+
+    [Fact]
+    public void Backoff_grows_with_jitter_and_stops_at_the_limits()
+    {
+        var policy = new NbdReconnectPolicy { InitialDelay = TimeSpan.FromMilliseconds(100), MaxDelay = TimeSpan.FromSeconds(1), Jitter = 0, MaxAttempts = 5 };
+        policy.GetDelay(1, TimeSpan.Zero).Should().Be(TimeSpan.FromMilliseconds(100));
+        policy.GetDelay(2, TimeSpan.Zero).Should().Be(TimeSpan.FromMilliseconds(200));
+        policy.GetDelay(5, TimeSpan.Zero).Should().Be(TimeSpan.FromSeconds(1));
+        policy.GetDelay(6, TimeSpan.Zero).Should().BeNull();
+        policy.GetDelay(2, TimeSpan.FromMinutes(2)).Should().BeNull();
+        var jittered = NbdReconnectPolicy.Default;
+        for (var i = 0; i < 100; i++)
+        {
+            jittered.GetDelay(1, TimeSpan.Zero)!.Value.TotalMilliseconds.Should().BeInRange(80, 120);
+        }
+
+        NbdReconnectPolicy.Disabled.GetDelay(1, TimeSpan.Zero).Should().BeNull();
+    }
+
+    private static async Task<NbdTestServer?> StartOnPortAsync(int port, long size)
+    {
+        // NbdTestServer picks ephemeral ports; emulate "same address" with a forwarding listener instead.
+        var server = await NbdTestServer.StartAsync(new NbdTestServerOptions { Exports = [new NbdTestExportOptions { Size = size }] });
+        var forwarder = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, port);
+        try
+        {
+            forwarder.Start();
+        }
+        catch (System.Net.Sockets.SocketException)
+        {
+            await server.DisposeAsync();
+            return null;
+        }
+
+        _ = Task.Run(async () =>
+        {
+            while (true)
+            {
+                System.Net.Sockets.TcpClient inbound;
+                try
+                {
+                    inbound = await forwarder.AcceptTcpClientAsync();
+                }
+                catch
+                {
+                    return;
+                }
+
+                var outbound = new System.Net.Sockets.TcpClient();
+                await outbound.ConnectAsync(System.Net.IPAddress.Loopback, server.Port);
+                _ = inbound.GetStream().CopyToAsync(outbound.GetStream()).ContinueWith(_ => outbound.Close(), TaskScheduler.Default);
+                _ = outbound.GetStream().CopyToAsync(inbound.GetStream()).ContinueWith(_ => inbound.Close(), TaskScheduler.Default);
+            }
+        });
+        server.Statistics.Reset();
+        ForwarderCleanup.Register(server, forwarder);
+        return server;
+    }
+
+    private static class ForwarderCleanup
+    {
+        public static void Register(NbdTestServer server, System.Net.Sockets.TcpListener forwarder) =>
+            AppDomain.CurrentDomain.ProcessExit += (_, _) => forwarder.Stop();
+    }
+}
