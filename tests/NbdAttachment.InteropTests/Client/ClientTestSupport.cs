@@ -39,9 +39,8 @@ internal static class ClientTestSupport
     };
 
     /// <summary>
-    /// The client certificate as an ephemeral-key-free PKCS#12 round trip (SslStream on Linux needs a
-    /// certificate whose private key it can export to OpenSSL; CreateFromPemFile keys are fine on .NET 10,
-    /// the round trip just makes that explicit).
+    /// The client certificate with its private key, round-tripped through PKCS#12 so SslStream gets a
+    /// certificate with a persisted (not ephemeral PEM-loaded) key, which works on every platform.
     /// </summary>
     public static X509Certificate2 LoadClientCertificate(CertificateSet set)
     {
@@ -52,11 +51,11 @@ internal static class ClientTestSupport
     /// <summary>nbdkit pattern plugin: every 8-byte big-endian word at offset o holds o.</summary>
     public static void VerifyPattern(long offset, ReadOnlySpan<byte> data)
     {
+        Span<byte> expected = stackalloc byte[8];
         for (var i = 0; i < data.Length; i++)
         {
             var position = offset + i;
             var word = position & ~7L;
-            Span<byte> expected = stackalloc byte[8];
             BinaryPrimitives.WriteInt64BigEndian(expected, word);
             var b = expected[(int)(position - word)];
             if (data[i] != b)
