@@ -86,8 +86,22 @@ public sealed partial class NbdClient : IAsyncDisposable
     /// <param name="uri">The server's URL; the export name in it is ignored.</param>
     /// <param name="options">Settings; <see cref="NbdClientOptions.Default"/> when null.</param>
     /// <param name="cancellationToken">Cancels the request.</param>
+    public static ValueTask<IReadOnlyList<NbdExportListing>> ListExportsAsync(Uri uri, NbdClientOptions? options = null, CancellationToken cancellationToken = default) =>
+        ListExportsAsync(NbdUri.Parse(uri), options, cancellationToken);
+
+    /// <summary>Lists the exports a server offers (<c>NBD_OPT_LIST</c>).</summary>
+    /// <param name="uri">The server's URL; the export name in it is ignored.</param>
+    /// <param name="options">Settings; <see cref="NbdClientOptions.Default"/> when null.</param>
+    /// <param name="cancellationToken">Cancels the request.</param>
     public static ValueTask<IReadOnlyList<NbdExportListing>> ListExportsAsync(NbdUri uri, NbdClientOptions? options = null, CancellationToken cancellationToken = default) =>
         NbdSession.NegotiateOnlyAsync(uri, options, static (negotiator, ct) => negotiator.ListAsync(ct), cancellationToken);
+
+    /// <summary>Asks the server about the URL's export without entering transmission (<c>NBD_OPT_INFO</c>).</summary>
+    /// <param name="uri">The export's URL.</param>
+    /// <param name="options">Settings; <see cref="NbdClientOptions.Default"/> when null.</param>
+    /// <param name="cancellationToken">Cancels the request.</param>
+    public static ValueTask<NbdExportInfo> GetExportInfoAsync(Uri uri, NbdClientOptions? options = null, CancellationToken cancellationToken = default) =>
+        GetExportInfoAsync(NbdUri.Parse(uri), options, cancellationToken);
 
     /// <summary>Asks the server about the URL's export without entering transmission (<c>NBD_OPT_INFO</c>).</summary>
     /// <param name="uri">The export's URL.</param>
