@@ -115,7 +115,15 @@ public sealed partial class NbdClient : IAsyncDisposable
     /// <param name="buffer">Receives the data.</param>
     /// <param name="cancellationToken">Cancels the wait; the buffer is not written after cancellation returns.</param>
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default) =>
-        _connection.ReadAsync(offset, buffer, cancellationToken);
+        _connection.ReadAsync(offset, buffer, false, cancellationToken);
+
+    /// <summary>Reads <paramref name="buffer"/>.Length bytes at <paramref name="offset"/> with command flags.</summary>
+    /// <param name="offset">Byte offset in the export.</param>
+    /// <param name="buffer">Receives the data.</param>
+    /// <param name="options">Only <see cref="NbdCommandOptions.DontFragment"/> applies.</param>
+    /// <param name="cancellationToken">Cancels the wait; the buffer is not written after cancellation returns.</param>
+    public ValueTask ReadAsync(long offset, Memory<byte> buffer, NbdCommandOptions options, CancellationToken cancellationToken = default) =>
+        _connection.ReadAsync(offset, buffer, (options & NbdCommandOptions.DontFragment) != 0, cancellationToken);
 
     /// <summary>Writes <paramref name="data"/> at <paramref name="offset"/>.</summary>
     /// <param name="offset">Byte offset in the export.</param>

@@ -15,6 +15,9 @@ public enum NbdCommandOptions
 
     /// <summary>WRITE_ZEROES only: fail with <see cref="NbdError.NotSupported"/> unless zeroing is fast (needs <see cref="NbdExportInfo.CanFastZero"/>).</summary>
     FastZero = 4,
+
+    /// <summary>READ only: DF, the server answers with one data chunk, no holes (needs <see cref="NbdExportInfo.CanDontFragment"/>).</summary>
+    DontFragment = 8,
 }
 
 /// <summary>The life-cycle state of an <see cref="NbdClient"/>.</summary>

@@ -9,9 +9,19 @@ internal sealed partial class NbdConnection
     /// <summary>Largest effect length sent in one TRIM, WRITE_ZEROES or CACHE request (then split).</summary>
     private const long MaxEffectLength = 1L << 30;
 
-    public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+    public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken) =>
+        ReadAsync(offset, buffer, false, cancellationToken);
+
+    public ValueTask ReadAsync(long offset, Memory<byte> buffer, bool dontFragment, CancellationToken cancellationToken)
     {
         CheckRange("READ", offset, buffer.Length);
+        var flags = NbdCommandFlags.None;
+        if (dontFragment)
+        {
+            CheckFlag(Export.CanDontFragment, "READ with DF", "NBD_FLAG_SEND_DF");
+            flags = NbdCommandFlags.DontFragment;
+        }
+
         if (buffer.Length == 0)
         {
             return ValueTask.CompletedTask;
@@ -19,15 +29,17 @@ internal sealed partial class NbdConnection
 
         if (!IsAligned(offset, buffer.Length))
         {
-            return ReadUnalignedAsync(offset, buffer, cancellationToken);
+            return ReadUnalignedAsync(offset, buffer, dontFragment, cancellationToken);
         }
 
-        if (buffer.Length <= Export.MaximumPayloadSize)
+        // DF reads of up to 64 KiB must be served whole; larger ones are split to that size.
+        var step = dontFragment ? Math.Min(Export.MaximumPayloadSize, Math.Max(65536u, Export.MinimumBlockSize)) : Export.MaximumPayloadSize;
+        if (buffer.Length <= step)
         {
-            return Submit(NbdCommand.Read, NbdCommandFlags.None, (ulong)offset, (uint)buffer.Length, default, buffer, cancellationToken);
+            return Submit(NbdCommand.Read, flags, (ulong)offset, (uint)buffer.Length, default, buffer, cancellationToken);
         }
 
-        return SplitAsync(NbdCommand.Read, NbdCommandFlags.None, offset, buffer.Length, default, buffer, cancellationToken);
+        return SplitAsync(NbdCommand.Read, flags, offset, buffer.Length, default, buffer, cancellationToken, (int)step);
     }
 
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
@@ -156,9 +168,9 @@ internal sealed partial class NbdConnection
     }
 
     /// <summary>Issues all pieces of a large READ or WRITE at once (pipelined), then waits for every one.</summary>
-    private async ValueTask SplitAsync(NbdCommand command, NbdCommandFlags flags, long offset, int length, ReadOnlyMemory<byte> payload, Memory<byte> buffer, CancellationToken cancellationToken)
+    private async ValueTask SplitAsync(NbdCommand command, NbdCommandFlags flags, long offset, int length, ReadOnlyMemory<byte> payload, Memory<byte> buffer, CancellationToken cancellationToken, int step = 0)
     {
-        var step = (int)Export.MaximumPayloadSize;
+        step = step > 0 ? step : (int)Export.MaximumPayloadSize;
         var count = (length + step - 1) / step;
         var pending = ArrayPool<ValueTask>.Shared.Rent(count);
         try
@@ -197,7 +209,7 @@ internal sealed partial class NbdConnection
         }
     }
 
-    private async ValueTask ReadUnalignedAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+    private async ValueTask ReadUnalignedAsync(long offset, Memory<byte> buffer, bool dontFragment, CancellationToken cancellationToken)
     {
         var min = Export.MinimumBlockSize;
         var start = AlignDown(offset, min);
@@ -205,7 +217,7 @@ internal sealed partial class NbdConnection
         var scratch = ArrayPool<byte>.Shared.Rent((int)(end - start));
         try
         {
-            await ReadAsync(start, scratch.AsMemory(0, (int)(end - start)), cancellationToken).ConfigureAwait(false);
+            await ReadAsync(start, scratch.AsMemory(0, (int)(end - start)), dontFragment, cancellationToken).ConfigureAwait(false);
             scratch.AsSpan((int)(offset - start), buffer.Length).CopyTo(buffer.Span);
         }
         finally

@@ -125,6 +125,29 @@ public sealed class CommandTests
     }
 
     [Fact]
+    public async Task Dont_fragment_reads_come_back_whole_and_are_refused_without_structured_replies()
+    {
+        await using (var server = await NbdTestServer.StartAsync(new NbdTestServerOptions { SplitReads = true, MaxChunkSize = 512 }))
+        {
+            var data = Pattern(200 * 1024, 12);
+            server.GetExport().WriteBytes(100, data);
+            await using var client = await NbdClient.ConnectAsync(server.Uri);
+            client.Export.CanDontFragment.Should().BeTrue();
+            var back = new byte[data.Length];
+            await client.ReadAsync(100, back, NbdCommandOptions.DontFragment).AsTask().WaitAsync(Bound);
+            back.Should().Equal(data);
+            server.Statistics.Reads.Should().Be(4, "DF reads are split at 64 KiB");
+        }
+
+        await using (var plain = await NbdTestServer.StartAsync(new NbdTestServerOptions { SupportStructuredReplies = false }))
+        {
+            await using var client = await NbdClient.ConnectAsync(plain.Uri);
+            var act = async () => await client.ReadAsync(0, new byte[512], NbdCommandOptions.DontFragment);
+            (await act.Should().ThrowAsync<NbdRequestRejectedException>()).Which.Reason.Should().Be(NbdRequestRejectReason.NotSupported);
+        }
+    }
+
+    [Fact]
     public async Task Disposal_sends_disconnect()
     {
         await using var server = await NbdTestServer.StartAsync();
