@@ -3,6 +3,7 @@ using System.Diagnostics.CodeAnalysis;
 using Microsoft.Extensions.Logging;
 using NbdAttachment.Client;
 using NbdAttachment.Diagnostics;
+using NbdAttachment.Engine;
 using NbdAttachment.Virtualization;
 
 namespace NbdAttachment;
@@ -21,10 +22,9 @@ public sealed class NetworkBlockDeviceStorageDeviceAttachment : StorageDeviceAtt
     private readonly NbdUri _nbdUri;
     private readonly ILogger _logger;
     private readonly Lock _gate = new();
-    private Task _eventTail = Task.CompletedTask;
+    private readonly OrderedCallbackQueue _callbacks;
     private NbdAttachmentState _state;
     private NbdClient? _client;
-    private int _reportedReconnects;
     private NbdAttachmentException? _lastError;
     private NbdExportInfo? _exportInfo;
 
@@ -78,6 +78,7 @@ public sealed class NetworkBlockDeviceStorageDeviceAttachment : StorageDeviceAtt
         IsForcedReadOnly = forcedReadOnly;
         SynchronizationMode = synchronizationMode;
         Options = options;
+        _callbacks = new OrderedCallbackQueue(ex => AttachmentLog.HandlerFailed(_logger, url.ToString(), ex));
     }
 
     /// <summary>Raised after every state change (on the thread pool, in order).</summary>
@@ -171,14 +172,9 @@ public sealed class NetworkBlockDeviceStorageDeviceAttachment : StorageDeviceAtt
         }
 
         AttachmentLog.Closed(_logger, Url.ToString());
-        Task tail;
-        lock (_gate)
-        {
-            tail = _eventTail;
-        }
 
         // Let callbacks already queued finish, so none runs after disposal returns (unless disposal is called from one).
-        await Task.WhenAny(tail, Task.Delay(TimeSpan.FromSeconds(1))).ConfigureAwait(false);
+        await Task.WhenAny(_callbacks.Drained, Task.Delay(TimeSpan.FromSeconds(1))).ConfigureAwait(false);
     }
 
     /// <inheritdoc/>
@@ -272,7 +268,6 @@ public sealed class NetworkBlockDeviceStorageDeviceAttachment : StorageDeviceAtt
 
                 _client = client;
                 Volatile.Write(ref _exportInfo, client.Export);
-                _reportedReconnects = client.ReconnectCount;
                 client.StateChanged += OnClientStateChanged;
                 SetStateLocked(NbdAttachmentState.Connected, null);
             }
@@ -307,26 +302,14 @@ public sealed class NetworkBlockDeviceStorageDeviceAttachment : StorageDeviceAtt
                 return;
             }
 
-            // Client notifications may arrive out of order; the client's current state and counters are the truth.
+            // The client raises its state changes in order, so they map one to one.
             switch (e.Current)
             {
-                case NbdClientState.Reconnecting when client.State == NbdClientState.Reconnecting && _state == NbdAttachmentState.Connected:
+                case NbdClientState.Reconnecting when _state == NbdAttachmentState.Connected:
                     SetStateLocked(NbdAttachmentState.Reconnecting, e.Error);
                     break;
-                case NbdClientState.Connected or NbdClientState.Reconnecting:
-                    var reconnects = client.ReconnectCount;
-                    if (reconnects > _reportedReconnects)
-                    {
-                        _reportedReconnects = reconnects;
-                        if (_state == NbdAttachmentState.Connected)
-                        {
-                            // The Reconnecting notification was missed or is late: report the round trip anyway.
-                            SetStateLocked(NbdAttachmentState.Reconnecting, e.Error);
-                        }
-
-                        SetStateLocked(NbdAttachmentState.Connected, null);
-                    }
-
+                case NbdClientState.Connected when _state == NbdAttachmentState.Reconnecting:
+                    SetStateLocked(NbdAttachmentState.Connected, null);
                     break;
                 case NbdClientState.Failed:
                     var failure = e.Error ?? client.Failure ?? new NbdConnectionException("The NBD client failed.");
@@ -352,7 +335,7 @@ public sealed class NetworkBlockDeviceStorageDeviceAttachment : StorageDeviceAtt
         Post(() => StateChanged?.Invoke(this, args));
         if (state == NbdAttachmentState.Connected)
         {
-            AttachmentLog.Connected(_logger, Url.ToString(), _reportedReconnects);
+            AttachmentLog.Connected(_logger, Url.ToString(), _client?.ReconnectCount ?? 0);
             Post(() =>
             {
                 Delegate?.AttachmentWasConnected(this);
@@ -372,27 +355,5 @@ public sealed class NetworkBlockDeviceStorageDeviceAttachment : StorageDeviceAtt
         }
     }
 
-    /// <summary>Queues a callback behind all earlier ones, on the thread pool. Must hold <see cref="_gate"/>.</summary>
-    private void Post(Action action)
-    {
-        _eventTail = _eventTail.ContinueWith(
-            static (_, state) =>
-            {
-                var (self, callback) = ((NetworkBlockDeviceStorageDeviceAttachment, Action))state!;
-                try
-                {
-                    callback();
-                }
-#pragma warning disable CA1031 // A user callback must not break the event queue.
-                catch (Exception ex)
-#pragma warning restore CA1031
-                {
-                    AttachmentLog.HandlerFailed(self._logger, self.Url.ToString(), ex);
-                }
-            },
-            (this, action),
-            CancellationToken.None,
-            TaskContinuationOptions.DenyChildAttach,
-            TaskScheduler.Default);
-    }
+    private void Post(Action action) => _callbacks.Post(action);
 }

@@ -17,6 +17,7 @@ public sealed partial class NbdClient : IAsyncDisposable
     private readonly CancellationTokenSource _closing = new();
     private readonly Task _supervisor;
     private readonly Timer? _heartbeat;
+    private readonly OrderedCallbackQueue _events;
     private int _state;
     private int _disposed;
 
@@ -26,6 +27,7 @@ public sealed partial class NbdClient : IAsyncDisposable
         _options = options;
         _logger = logger;
         _connection = new NbdConnection(export, options.MaxInFlightRequests, logger);
+        _events = new OrderedCallbackQueue(error => Log.EventHandlerFailed(logger, uri.ToString(), error));
         _state = (int)NbdClientState.Connected;
         var wire = new NbdWire(stream, _connection);
         _supervisor = Task.Run(() => SuperviseAsync(wire));
@@ -36,7 +38,7 @@ public sealed partial class NbdClient : IAsyncDisposable
         }
     }
 
-    /// <summary>Raised (on a thread-pool thread, never on the I/O loops) after every state change.</summary>
+    /// <summary>Raised after every state change: on the thread pool (never on the I/O loops), one at a time, in order.</summary>
     public event EventHandler<NbdClientStateChangedEventArgs>? StateChanged;
 
     /// <summary>The URL this client is connected to.</summary>
@@ -237,12 +239,8 @@ public sealed partial class NbdClient : IAsyncDisposable
         }
 
         Log.StateChanged(_logger, Uri.ToString(), previous.ToString(), state.ToString());
-        var handler = StateChanged;
-        if (handler is not null)
-        {
-            var args = new NbdClientStateChangedEventArgs(previous, state, error);
-            ThreadPool.QueueUserWorkItem(static s => s.handler(s.sender, s.args), (handler, sender: this, args), preferLocal: false);
-        }
+        var args = new NbdClientStateChangedEventArgs(previous, state, error);
+        _events.Post(() => StateChanged?.Invoke(this, args));
     }
 }
 

@@ -53,6 +53,9 @@ internal static partial class Log
     [LoggerMessage(NbdEventIds.StateChanged, LogLevel.Debug, "{Endpoint}: state {From} -> {To}")]
     public static partial void StateChanged(ILogger logger, string endpoint, string from, string to);
 
+    [LoggerMessage(NbdEventIds.EventHandlerFailed, LogLevel.Warning, "{Endpoint}: a state-change event handler threw")]
+    public static partial void EventHandlerFailed(ILogger logger, string endpoint, Exception exception);
+
     [LoggerMessage(NbdEventIds.ProtocolViolation, LogLevel.Error, "Server at {Endpoint} broke the protocol")]
     public static partial void ProtocolViolation(ILogger logger, string endpoint, Exception exception);
 }

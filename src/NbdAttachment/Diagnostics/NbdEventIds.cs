@@ -54,6 +54,9 @@ public static class NbdEventIds
     /// <summary>The client or attachment changed state.</summary>
     public const int StateChanged = 4004;
 
+    /// <summary>A handler of a state-change event threw; the exception was ignored.</summary>
+    public const int EventHandlerFailed = 4005;
+
     /// <summary>The server broke the protocol; the connection was ended.</summary>
     public const int ProtocolViolation = 9001;
 }

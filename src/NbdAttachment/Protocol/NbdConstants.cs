@@ -31,7 +31,7 @@ internal static class NbdLimits
     /// <summary>Absolute payload cap whatever the server advertises.</summary>
     public const int HardMaxPayload = 64 * 1024 * 1024;
 
-    /// <summary>Alignment interoperable clients use when the server advertises none.</summary>
+    /// <summary>Alignment assumed when the server advertises none (the spec says servers SHOULD accept 1).</summary>
     public const int DefaultMinimumBlock = 1;
 
     /// <summary>Preferred block size when the server advertises none.</summary>

@@ -118,17 +118,7 @@ public sealed class NbdServerProcess : ServerProcess
     {
         ArgumentNullException.ThrowIfNull(options);
         var binary = ServerBinaries.RequireOrSkip(ServerBinaries.NbdServer);
-        var server = new NbdServerProcess(options, binary, temp);
-        try
-        {
-            await server.StartAsync(cancellationToken).ConfigureAwait(false);
-            return server;
-        }
-        catch
-        {
-            await server.DisposeAsync().ConfigureAwait(false);
-            throw;
-        }
+        return await StartOrDisposeAsync(new NbdServerProcess(options, binary, temp), cancellationToken).ConfigureAwait(false);
     }
 
     protected override async Task PrepareAsync(CancellationToken cancellationToken)

@@ -111,17 +111,7 @@ public sealed class NbdkitProcess : ServerProcess
             ServerBinaries.SkipUnlessSupported(HasFilter(filter), $"nbdkit {Version} has no '{filter}' filter.");
         }
 
-        var server = new NbdkitProcess(options, binary, temp);
-        try
-        {
-            await server.StartAsync(cancellationToken).ConfigureAwait(false);
-            return server;
-        }
-        catch
-        {
-            await server.DisposeAsync().ConfigureAwait(false);
-            throw;
-        }
+        return await StartOrDisposeAsync(new NbdkitProcess(options, binary, temp), cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Convenience: nbdkit memory plugin of <paramref name="size"/> (nbdkit size syntax, e.g. "1M").</summary>

@@ -85,17 +85,7 @@ public sealed class QemuNbdProcess : ServerProcess
     {
         ArgumentNullException.ThrowIfNull(options);
         var binary = ServerBinaries.RequireOrSkip(ServerBinaries.QemuNbd);
-        var server = new QemuNbdProcess(options, binary, temp);
-        try
-        {
-            await server.StartAsync(cancellationToken).ConfigureAwait(false);
-            return server;
-        }
-        catch
-        {
-            await server.DisposeAsync().ConfigureAwait(false);
-            throw;
-        }
+        return await StartOrDisposeAsync(new QemuNbdProcess(options, binary, temp), cancellationToken).ConfigureAwait(false);
     }
 
     protected override async Task PrepareAsync(CancellationToken cancellationToken)

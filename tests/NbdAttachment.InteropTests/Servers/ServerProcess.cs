@@ -130,6 +130,22 @@ public abstract class ServerProcess : IAsyncDisposable
     /// <summary>Hook run before every start (create images, write config...).</summary>
     protected virtual Task PrepareAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
+    /// <summary>Starts a freshly constructed server; disposes it (processes, temp files) if the start fails.</summary>
+    protected static async Task<T> StartOrDisposeAsync<T>(T server, CancellationToken cancellationToken)
+        where T : ServerProcess
+    {
+        try
+        {
+            await server.StartAsync(cancellationToken).ConfigureAwait(false);
+            return server;
+        }
+        catch
+        {
+            await server.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
     /// <summary>Starts the server and waits until it listens; a no-op if it is already running.</summary>
     public async Task StartAsync(CancellationToken cancellationToken = default)
     {

@@ -1,5 +1,6 @@
 using NbdAttachment.Client;
 using NbdAttachment.Testing;
+using NbdAttachment.Tests.Support;
 using static NbdAttachment.Tests.Engine.CommandTests;
 
 namespace NbdAttachment.Tests.Engine;
@@ -33,7 +34,8 @@ public sealed class ReconnectTests
             back.Should().Equal(Pattern(8192, i), $"block {i} was acknowledged");
         }
 
-        await WaitFor(() => { lock (states) { return states.Contains(NbdClientState.Reconnecting) && states[^1] == NbdClientState.Connected; } });
+        await WaitFor(() => { lock (states) { return states.Count == 2; } });
+        states.Should().Equal([NbdClientState.Reconnecting, NbdClientState.Connected], "state changes are raised one at a time, in order");
     }
 
     [Fact]
@@ -107,32 +109,21 @@ public sealed class ReconnectTests
     [Fact]
     public async Task A_changed_export_after_reconnect_is_fatal()
     {
-        await using var first = await NbdTestServer.StartAsync(new NbdTestServerOptions { Exports = [new NbdTestExportOptions { Size = 1 << 20 }] });
-        await using var client = await NbdClient.ConnectAsync(first.Uri, Fast);
-        var port = first.Port;
-        await first.DisposeAsync();
-        // A new server on the same port with a different size. The port may be taken meanwhile; then the test proves less but still passes.
-        NbdTestServer? second = null;
-        try
+        // The first connection serves 1 MiB and drops at the first request; every later one serves 2 MiB.
+        var connections = 0;
+        await using var server = ScriptedServer.Start(async c =>
         {
-            second = await StartOnPortAsync(port, 2 << 20);
-            if (second is null)
-            {
-                return;
-            }
-
-            var act = async () => await client.ReadAsync(0, new byte[1]);
-            var error = (await act.Should().ThrowAsync<NbdNegotiationException>().WaitAsync(Bound)).Which;
-            error.Error.Should().Be(NbdNegotiationError.UnusableExport);
-            client.State.Should().Be(NbdClientState.Failed);
-        }
-        finally
-        {
-            if (second is not null)
-            {
-                await second.DisposeAsync();
-            }
-        }
+            var first = Interlocked.Increment(ref connections) == 1;
+            await c.NegotiateAsync(size: first ? 1UL << 20 : 2UL << 20);
+            await c.ReadRequestAsync();
+        });
+        await using var client = await NbdClient.ConnectAsync(server.Uri, Fast);
+        client.Export.Size.Should().Be(1 << 20);
+        var act = async () => await client.ReadAsync(0, new byte[1]);
+        var error = (await act.Should().ThrowAsync<NbdNegotiationException>().WaitAsync(Bound)).Which;
+        error.Error.Should().Be(NbdNegotiationError.UnusableExport);
+        error.Message.Should().Contain("changed");
+        client.State.Should().Be(NbdClientState.Failed);
     }
 
     [Fact]
@@ -151,51 +142,5 @@ public sealed class ReconnectTests
         }
 
         NbdReconnectPolicy.Disabled.GetDelay(1, TimeSpan.Zero).Should().BeNull();
-    }
-
-    private static async Task<NbdTestServer?> StartOnPortAsync(int port, long size)
-    {
-        // NbdTestServer picks ephemeral ports; emulate "same address" with a forwarding listener instead.
-        var server = await NbdTestServer.StartAsync(new NbdTestServerOptions { Exports = [new NbdTestExportOptions { Size = size }] });
-        var forwarder = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, port);
-        try
-        {
-            forwarder.Start();
-        }
-        catch (System.Net.Sockets.SocketException)
-        {
-            await server.DisposeAsync();
-            return null;
-        }
-
-        _ = Task.Run(async () =>
-        {
-            while (true)
-            {
-                System.Net.Sockets.TcpClient inbound;
-                try
-                {
-                    inbound = await forwarder.AcceptTcpClientAsync();
-                }
-                catch
-                {
-                    return;
-                }
-
-                var outbound = new System.Net.Sockets.TcpClient();
-                await outbound.ConnectAsync(System.Net.IPAddress.Loopback, server.Port);
-                _ = inbound.GetStream().CopyToAsync(outbound.GetStream()).ContinueWith(_ => outbound.Close(), TaskScheduler.Default);
-                _ = outbound.GetStream().CopyToAsync(inbound.GetStream()).ContinueWith(_ => inbound.Close(), TaskScheduler.Default);
-            }
-        });
-        server.Statistics.Reset();
-        ForwarderCleanup.Register(server, forwarder);
-        return server;
-    }
-
-    private static class ForwarderCleanup
-    {
-        public static void Register(NbdTestServer server, System.Net.Sockets.TcpListener forwarder) =>
-            AppDomain.CurrentDomain.ProcessExit += (_, _) => forwarder.Stop();
     }
 }
