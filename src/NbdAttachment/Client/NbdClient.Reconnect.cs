@@ -35,6 +35,7 @@ public sealed partial class NbdClient
 
             error ??= new NbdConnectionException("The server closed the connection.");
             Log.ConnectionBroken(_logger, Uri.ToString(), _connection.PendingReplay, error);
+            NbdMeter.LostCounter.Add(1, new KeyValuePair<string, object?>("error.type", error.GetType().Name));
             if (error is not NbdException { IsTransient: true } || _options.Reconnect.IsDisabled)
             {
                 Fail(error);
@@ -50,6 +51,7 @@ public sealed partial class NbdClient
 
             wire = next;
             ReconnectCount++;
+            NbdMeter.ReconnectCounter.Add(1);
             SetState(NbdClientState.Connected, null);
         }
     }

@@ -121,6 +121,9 @@ internal sealed class NbdRequest : IValueTaskSource
             }
         }
 
+        var moved = Command is NbdCommand.Read or NbdCommand.Write ? Length : 0;
+        var outcome = Abandoned ? Diagnostics.NbdMeter.Cancelled : error is null ? Diagnostics.NbdMeter.Ok : Diagnostics.NbdMeter.Failed;
+        Diagnostics.NbdMeter.RecordCompletion(NbdNames.Command(Command), moved, StartTimestamp, outcome);
         ReleaseOwner();
     }
 
