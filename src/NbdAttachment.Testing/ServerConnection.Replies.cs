@@ -10,7 +10,7 @@ internal sealed partial class ServerConnection
     private readonly SemaphoreSlim _slots;
     private readonly Lock _inFlightLock = new();
     private readonly HashSet<Task> _inFlight = [];
-    private readonly List<(long Sequence, byte[] Bytes)> _heldReplies = [];
+    private readonly List<(long Sequence, byte[] Bytes, ReplyTicket Ticket)> _heldReplies = [];
     private int _inFlightCount;
     private int _holdTarget;
     private volatile bool _repliesDropped;
@@ -55,12 +55,13 @@ internal sealed partial class ServerConnection
     /// <summary>Executes one request (or an injected failure) and sends its reply. Never throws.</summary>
     private async Task HandleRequestAsync(NbdRequest request)
     {
+        var ticket = new ReplyTicket(this);
         try
         {
             byte[] reply = Faults.TryConsumeFailure(request.Type, out uint error, out string message)
                 ? ErrorReply(request, error, message)
                 : Execute(request);
-            await SendReplyAsync(request.Sequence, reply, _cts.Token).ConfigureAwait(false);
+            await SendReplyAsync(request.Sequence, reply, ticket, _cts.Token).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException)
         {
@@ -79,13 +80,13 @@ internal sealed partial class ServerConnection
 #pragma warning restore CA1031
         finally
         {
-            Interlocked.Decrement(ref _inFlightCount);
+            ticket.Answered();
             _slots.Release();
         }
     }
 
     /// <summary>Sends one complete reply; <paramref name="sequence"/> is the request's arrival number on this connection.</summary>
-    private async Task SendReplyAsync(long sequence, byte[] reply, CancellationToken token)
+    private async Task SendReplyAsync(long sequence, byte[] reply, ReplyTicket ticket, CancellationToken token)
     {
         if (_repliesDropped)
         {
@@ -119,7 +120,7 @@ internal sealed partial class ServerConnection
 
             if (_holdTarget > 0)
             {
-                _heldReplies.Add((sequence, reply));
+                _heldReplies.Add((sequence, reply, ticket));
                 if (_heldReplies.Count >= _holdTarget)
                 {
                     await WriteHeldRepliesAsync(token).ConfigureAwait(false);
@@ -128,6 +129,7 @@ internal sealed partial class ServerConnection
                 return;
             }
 
+            ticket.Answered();
             await _stream.WriteAsync(reply, token).ConfigureAwait(false);
         }
         finally
@@ -142,8 +144,9 @@ internal sealed partial class ServerConnection
     /// </summary>
     private async Task WriteHeldRepliesAsync(CancellationToken token)
     {
-        foreach ((long _, byte[] bytes) in _heldReplies.OrderByDescending(r => r.Sequence))
+        foreach ((long _, byte[] bytes, ReplyTicket ticket) in _heldReplies.OrderByDescending(r => r.Sequence))
         {
+            ticket.Answered();
             await _stream.WriteAsync(bytes, token).ConfigureAwait(false);
         }
 
@@ -175,5 +178,25 @@ internal sealed partial class ServerConnection
         await _writeLock.WaitAsync(token).ConfigureAwait(false);
         _heldReplies.Clear();
         _writeLock.Release();
+    }
+
+    /// <summary>
+    /// Counts a request as in flight until its reply starts going out (not until the reply task ends), so the
+    /// concurrency statistic never counts a request the client may already have seen answered.
+    /// </summary>
+    private sealed class ReplyTicket
+    {
+        private readonly ServerConnection _connection;
+        private int _answered;
+
+        public ReplyTicket(ServerConnection connection) => _connection = connection;
+
+        public void Answered()
+        {
+            if (Interlocked.Exchange(ref _answered, 1) == 0)
+            {
+                Interlocked.Decrement(ref _connection._inFlightCount);
+            }
+        }
     }
 }

@@ -14,10 +14,15 @@ if (settings.Uri is null)
     settings = settings with { Uri = embedded.Uri.ToString() };
 }
 
+using var sampler = settings.AllocationProfile ? new AllocationSampler() : null;
 try
 {
     var result = await LoadRunner.RunAsync(settings);
     Console.WriteLine(settings.Json ? JsonSerializer.Serialize(result) : result.ToString());
+    foreach (var (type, samples) in sampler?.Top(15) ?? [])
+    {
+        Console.WriteLine($"  alloc samples {samples,6}  {type}");
+    }
 }
 finally
 {
@@ -27,7 +32,7 @@ finally
     }
 }
 
-internal sealed record LoadSettings(string? Uri, string Rw, int BlockSize, int IoDepth, TimeSpan Runtime, long Size, bool Json, long MaxRequests)
+internal sealed record LoadSettings(string? Uri, string Rw, int BlockSize, int IoDepth, TimeSpan Runtime, long Size, bool Json, long MaxRequests, bool AllocationProfile = false)
 {
     public static LoadSettings Parse(string[] args)
     {
@@ -45,6 +50,7 @@ internal sealed record LoadSettings(string? Uri, string Rw, int BlockSize, int I
                 "--size" => s with { Size = ParseSize(Next()) },
                 "--max-requests" => s with { MaxRequests = long.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture) },
                 "--json" => s with { Json = true },
+                "--alloc-profile" => s with { AllocationProfile = true },
                 _ => throw new ArgumentException($"unknown argument {args[i]}"),
             };
         }

@@ -74,9 +74,9 @@ public sealed partial class NbdClient
             try
             {
                 await Task.Delay(delay.Value, _closing.Token).ConfigureAwait(false);
-                var (stream, _) = await NbdSession.OpenAsync(Uri, _options, _logger, _connection.Export, _closing.Token).ConfigureAwait(false);
+                var (stream, negotiated) = await NbdSession.OpenAsync(Uri, _options, _logger, _connection.Export, _closing.Token).ConfigureAwait(false);
                 Log.Reconnected(_logger, Uri.ToString(), attempt, _connection.PendingReplay);
-                return new NbdWire(stream, _connection);
+                return new NbdWire(stream, _connection, negotiated);
             }
             catch (OperationCanceledException) when (_closing.IsCancellationRequested)
             {

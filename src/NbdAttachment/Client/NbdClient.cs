@@ -29,7 +29,7 @@ public sealed partial class NbdClient : IAsyncDisposable
         _connection = new NbdConnection(export, options.MaxInFlightRequests, logger);
         _events = new OrderedCallbackQueue(error => Log.EventHandlerFailed(logger, uri.ToString(), error));
         _state = (int)NbdClientState.Connected;
-        var wire = new NbdWire(stream, _connection);
+        var wire = new NbdWire(stream, _connection, export);
         _supervisor = Task.Run(() => SuperviseAsync(wire));
         if (options.RequestTimeout != Timeout.InfiniteTimeSpan)
         {

@@ -135,7 +135,7 @@ internal sealed partial class NbdConnection
             throw new NbdRequestRejectedException(NbdRequestRejectReason.NotSupported, "BLOCK_STATUS needs structured replies and a granted meta context; the server granted none.");
         }
 
-        if (!Export.MetaContextIds.TryGetValue(context, out var id))
+        if (!Export.MetaContextIds.ContainsKey(context))
         {
             throw new NbdRequestRejectedException(
                 NbdRequestRejectReason.NotSupported,
@@ -152,7 +152,7 @@ internal sealed partial class NbdConnection
         var start = AlignDown(offset, min);
         var end = Math.Min(Export.Size, AlignUp(offset + length, min));
         var span = (uint)Math.Min(end - start, uint.MaxValue - (uint.MaxValue % min));
-        return Submit(NbdCommand.BlockStatus, single ? NbdCommandFlags.ReqOne : NbdCommandFlags.None, (ulong)start, span, default, default, cancellationToken, id, extents);
+        return Submit(NbdCommand.BlockStatus, single ? NbdCommandFlags.ReqOne : NbdCommandFlags.None, (ulong)start, span, default, default, cancellationToken, context, extents);
     }
 
     private async ValueTask EffectAsync(NbdCommand command, NbdCommandFlags flags, long offset, long length, CancellationToken cancellationToken)

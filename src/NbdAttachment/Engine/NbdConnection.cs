@@ -15,6 +15,9 @@ internal sealed partial class NbdConnection : IDisposable
     /// <summary>Queued after the last request to make the writer send NBD_CMD_DISC and stop.</summary>
     internal static readonly NbdRequest DisconnectMarker = new(null!, -1);
 
+    /// <summary>Queued to wake the writer of a wire that is stopping (it waits without a token, allocation-free).</summary>
+    internal static readonly NbdRequest WakeMarker = new(null!, -1);
+
     private readonly Channel<NbdRequest> _queue = Channel.CreateUnbounded<NbdRequest>(new UnboundedChannelOptions
     {
         SingleReader = true,
@@ -81,19 +84,24 @@ internal sealed partial class NbdConnection : IDisposable
         lock (_lock)
         {
             _wire = null;
-            foreach (var request in replay)
+            foreach (var request in _table.SnapshotSent())
             {
-                if (request.TryRequeue())
+                if (request.Abandoned)
+                {
+                    // Its caller gave up and may reuse its buffer: never re-send it, just release the slot.
+                    request.Complete(null);
+                }
+                else if (request.TryRequeue())
                 {
                     _replay.Add(request);
                 }
             }
 
-            foreach (var request in _table.SnapshotSent())
+            foreach (var request in replay)
             {
-                if (!_replay.Contains(request) && request.TryRequeue())
+                if (request.State == NbdRequest.StateQueued && !request.Abandoned && !_replay.Contains(request))
                 {
-                    _replay.Add(request);
+                    _replay.Add(request); // never reached the wire this time
                 }
             }
 
@@ -142,7 +150,7 @@ internal sealed partial class NbdConnection : IDisposable
 
         while (_queue.Reader.TryRead(out var queued))
         {
-            if (!ReferenceEquals(queued, DisconnectMarker))
+            if (!ReferenceEquals(queued, DisconnectMarker) && !ReferenceEquals(queued, WakeMarker))
             {
                 queued.Complete(error);
             }
@@ -152,10 +160,17 @@ internal sealed partial class NbdConnection : IDisposable
     /// <summary>Asks the writer to send NBD_CMD_DISC after everything queued so far.</summary>
     public bool RequestDisconnect() => _queue.Writer.TryWrite(DisconnectMarker);
 
-    public void Dispose() => _table.Dispose();
+    /// <summary>Wakes the writer so it notices that its wire stopped.</summary>
+    public void WakeWriter() => _queue.Writer.TryWrite(WakeMarker);
+
+    public void Dispose()
+    {
+        // Nothing to release: the table's semaphore has no wait handle, and callers still waiting for a slot
+        // must get one (and then the failure), so it is never disposed.
+    }
 
     /// <summary>Queues one request and returns a task for its reply. Allocation-free when a slot is free.</summary>
-    internal ValueTask Submit(NbdCommand command, NbdCommandFlags flags, ulong offset, uint length, ReadOnlyMemory<byte> payload, Memory<byte> readBuffer, CancellationToken cancellationToken, uint contextId = 0, List<NbdExtent>? extents = null)
+    internal ValueTask Submit(NbdCommand command, NbdCommandFlags flags, ulong offset, uint length, ReadOnlyMemory<byte> payload, Memory<byte> readBuffer, CancellationToken cancellationToken, string? context = null, List<NbdExtent>? extents = null)
     {
         if (Failure is { } failure)
         {
@@ -170,21 +185,21 @@ internal sealed partial class NbdConnection : IDisposable
         var rent = _table.RentAsync(cancellationToken);
         if (rent.IsCompletedSuccessfully)
         {
-            return Enqueue(rent.Result, command, flags, offset, length, payload, readBuffer, cancellationToken, contextId, extents);
+            return Enqueue(rent.Result, command, flags, offset, length, payload, readBuffer, cancellationToken, context, extents);
         }
 
-        return SubmitSlowAsync(rent, command, flags, offset, length, payload, readBuffer, cancellationToken, contextId, extents);
+        return SubmitSlowAsync(rent, command, flags, offset, length, payload, readBuffer, cancellationToken, context, extents);
     }
 
-    private async ValueTask SubmitSlowAsync(ValueTask<NbdRequest> rent, NbdCommand command, NbdCommandFlags flags, ulong offset, uint length, ReadOnlyMemory<byte> payload, Memory<byte> readBuffer, CancellationToken cancellationToken, uint contextId, List<NbdExtent>? extents)
+    private async ValueTask SubmitSlowAsync(ValueTask<NbdRequest> rent, NbdCommand command, NbdCommandFlags flags, ulong offset, uint length, ReadOnlyMemory<byte> payload, Memory<byte> readBuffer, CancellationToken cancellationToken, string? context, List<NbdExtent>? extents)
     {
         var request = await rent.ConfigureAwait(false);
-        await Enqueue(request, command, flags, offset, length, payload, readBuffer, cancellationToken, contextId, extents).ConfigureAwait(false);
+        await Enqueue(request, command, flags, offset, length, payload, readBuffer, cancellationToken, context, extents).ConfigureAwait(false);
     }
 
-    private ValueTask Enqueue(NbdRequest request, NbdCommand command, NbdCommandFlags flags, ulong offset, uint length, ReadOnlyMemory<byte> payload, Memory<byte> readBuffer, CancellationToken cancellationToken, uint contextId, List<NbdExtent>? extents)
+    private ValueTask Enqueue(NbdRequest request, NbdCommand command, NbdCommandFlags flags, ulong offset, uint length, ReadOnlyMemory<byte> payload, Memory<byte> readBuffer, CancellationToken cancellationToken, string? context, List<NbdExtent>? extents)
     {
-        request.Prepare(command, flags, offset, length, payload, readBuffer, contextId, extents);
+        request.Prepare(command, flags, offset, length, payload, readBuffer, context, extents);
         var task = new ValueTask(request, request.Version);
         request.RegisterCancellation(cancellationToken);
         if (!_queue.Writer.TryWrite(request))

@@ -26,6 +26,9 @@ internal sealed class NbdRequest : IValueTaskSource
     private int _owners;
     private CancellationTokenRegistration _registration;
     private uint _generation;
+    private NbdWire? _transferWire;
+    private bool _hasDeferred;
+    private Exception? _deferred;
 
     public NbdRequest(RequestTable table, int slot)
     {
@@ -61,8 +64,8 @@ internal sealed class NbdRequest : IValueTaskSource
     /// <summary>Bytes of the read range covered by data or hole chunks so far.</summary>
     public long Covered { get; set; }
 
-    /// <summary>Block status: the meta context id wanted, and the extents received for it.</summary>
-    public uint ContextId { get; private set; }
+    /// <summary>Block status: the meta context wanted (ids are per connection, so the wire maps the name).</summary>
+    public string? Context { get; private set; }
 
     /// <summary>Block status: the caller's list that receives the extents.</summary>
     public List<NbdExtent>? Extents { get; private set; }
@@ -71,7 +74,7 @@ internal sealed class NbdRequest : IValueTaskSource
 
     public long StartTimestamp { get; private set; }
 
-    public void Prepare(NbdCommand command, NbdCommandFlags flags, ulong offset, uint length, ReadOnlyMemory<byte> payload, Memory<byte> readBuffer, uint contextId = 0, List<NbdExtent>? extents = null)
+    public void Prepare(NbdCommand command, NbdCommandFlags flags, ulong offset, uint length, ReadOnlyMemory<byte> payload, Memory<byte> readBuffer, string? context = null, List<NbdExtent>? extents = null)
     {
         _generation++;
         Command = command;
@@ -80,7 +83,7 @@ internal sealed class NbdRequest : IValueTaskSource
         Length = length;
         Payload = payload;
         ReadBuffer = readBuffer;
-        ContextId = contextId;
+        Context = context;
         Abandoned = false;
         Error = null;
         Covered = 0;
@@ -99,7 +102,58 @@ internal sealed class NbdRequest : IValueTaskSource
     }
 
     /// <summary>The writer is about to put the request on the wire. False if it was abandoned while queued.</summary>
-    public bool TryMarkSent() => Interlocked.CompareExchange(ref _state, StateSent, StateQueued) == StateQueued;
+    public bool TryMarkSent() => TryStartSend(null);
+
+    /// <summary>
+    /// The writer puts the request on the wire. With <paramref name="transferWire"/>, the payload then moves
+    /// directly between the socket and the caller's memory: until <see cref="EndTransfer"/>, the caller is not told
+    /// of any outcome (so its memory stays untouched after it is told), and abandoning it stops that wire.
+    /// False if the request was abandoned while queued.
+    /// </summary>
+    public bool TryStartSend(NbdWire? transferWire)
+    {
+        lock (this)
+        {
+            if (Abandoned || Interlocked.CompareExchange(ref _state, StateSent, StateQueued) != StateQueued)
+            {
+                return false;
+            }
+
+            _transferWire = transferWire;
+            return true;
+        }
+    }
+
+    /// <summary>The reader starts receiving this request's data straight into the caller's buffer.</summary>
+    public bool TryBeginTransfer(NbdWire wire)
+    {
+        lock (this)
+        {
+            if (Abandoned)
+            {
+                return false;
+            }
+
+            _transferWire = wire;
+            return true;
+        }
+    }
+
+    /// <summary>Direct transfer over: delivers an outcome that arrived meanwhile.</summary>
+    public void EndTransfer()
+    {
+        lock (this)
+        {
+            _transferWire = null;
+            if (_hasDeferred)
+            {
+                _hasDeferred = false;
+                var deferred = _deferred;
+                _deferred = null;
+                Signal(deferred);
+            }
+        }
+    }
 
     /// <summary>A broken wire hands a sent request back for replay on the next connection.</summary>
     public bool TryRequeue() => Interlocked.CompareExchange(ref _state, StateQueued, StateSent) == StateSent;
@@ -117,10 +171,14 @@ internal sealed class NbdRequest : IValueTaskSource
         {
             if (!Abandoned)
             {
-                Signal(error);
+                SignalOrDefer(error);
             }
         }
 
+        // Outside the lock: disposing waits for a cancellation callback already running, which takes the lock.
+        // Waiting here also keeps that callback from outliving this use of the slot.
+        _registration.Dispose();
+        _registration = default;
         var moved = Command is NbdCommand.Read or NbdCommand.Write ? Length : 0;
         var outcome = Abandoned ? Diagnostics.NbdMeter.Cancelled : error is null ? Diagnostics.NbdMeter.Ok : Diagnostics.NbdMeter.Failed;
         Diagnostics.NbdMeter.RecordCompletion(NbdNames.Command(Command), moved, StartTimestamp, outcome);
@@ -154,6 +212,7 @@ internal sealed class NbdRequest : IValueTaskSource
     /// <summary>The caller gave up: it is told at once; the slot stays reserved until the server's reply arrives.</summary>
     public void Abandon(Exception error)
     {
+        NbdWire? transferring;
         lock (this)
         {
             if (Abandoned || State is StateDone or StateFree)
@@ -162,8 +221,13 @@ internal sealed class NbdRequest : IValueTaskSource
             }
 
             Abandoned = true;
-            Signal(error);
+            transferring = _transferWire;
+            SignalOrDefer(error);
         }
+
+        // Bytes are moving between the socket and the caller's memory: the only way to stop them is to end the
+        // wire (requests in flight are replayed on the next one); the caller is told once the transfer stopped.
+        transferring?.Stop(new NbdConnectionException("A request was cancelled while its payload was in transit; the connection is re-established."));
 
         // A request that never reached the wire needs no reply: the writer skips it.
         if (Interlocked.CompareExchange(ref _state, StateDone, StateQueued) == StateQueued)
@@ -201,10 +265,22 @@ internal sealed class NbdRequest : IValueTaskSource
         }
     }
 
+    /// <summary>Tells the caller now, or after the direct transfer in progress ends. Must hold the lock.</summary>
+    private void SignalOrDefer(Exception? error)
+    {
+        if (_transferWire is null)
+        {
+            Signal(error);
+        }
+        else
+        {
+            _hasDeferred = true;
+            _deferred = error;
+        }
+    }
+
     private void Signal(Exception? error)
     {
-        _registration.Dispose();
-        _registration = default;
         if (error is null)
         {
             _core.SetResult(true);

@@ -10,28 +10,40 @@ internal static class NbdSession
 {
     /// <summary>
     /// Connects and negotiates up to transmission. With <paramref name="existing"/> (a reconnect) the export must
-    /// still match what was negotiated first: a changed size or read-only flag is fatal.
+    /// still match what was negotiated first: a changed size, read-only flag or lost meta context is fatal.
+    /// Returns this session's negotiation (its meta context ids apply to this session only).
     /// </summary>
     public static async ValueTask<(Stream Stream, NbdExportInfo Export)> OpenAsync(NbdUri uri, NbdClientOptions options, ILogger logger, NbdExportInfo? existing, CancellationToken cancellationToken)
     {
         var (stream, export) = await NegotiateAsync(uri, options, logger, static (n, ct) => n.GoAsync(ct), cancellationToken).ConfigureAwait(false);
-        if (existing is not null)
+        if (existing is not null && ChangedFrom(existing, export) is { } change)
         {
-            var first = existing;
-            if (export.Size != first.Size || export.IsReadOnly != first.IsReadOnly)
-            {
-                await stream.DisposeAsync().ConfigureAwait(false);
-                throw new NbdNegotiationException(
-                    NbdNegotiationError.UnusableExport,
-                    null,
-                    $"After reconnecting, export '{uri.ExportName}' changed (size {first.Size} -> {export.Size}, read-only {first.IsReadOnly} -> {export.IsReadOnly}); the client will not use it.");
-            }
-
-            export = first;
+            await stream.DisposeAsync().ConfigureAwait(false);
+            throw new NbdNegotiationException(
+                NbdNegotiationError.UnusableExport,
+                null,
+                $"After reconnecting, export '{uri.ExportName}' changed ({change}); the client will not use it.");
         }
 
         Log.Connected(logger, uri.ToString(), export.ExportName, export.Size);
         return (stream, export);
+    }
+
+    /// <summary>What differs between the first negotiation and a later one, or null when the export is the same.</summary>
+    private static string? ChangedFrom(NbdExportInfo first, NbdExportInfo now)
+    {
+        if (now.Size != first.Size)
+        {
+            return $"size {first.Size} -> {now.Size}";
+        }
+
+        if (now.IsReadOnly != first.IsReadOnly)
+        {
+            return $"read-only {first.IsReadOnly} -> {now.IsReadOnly}";
+        }
+
+        var missing = first.MetaContexts.Where(c => !now.MetaContextIds.ContainsKey(c)).ToList();
+        return missing.Count == 0 ? null : $"meta contexts no longer granted: {string.Join(", ", missing)}";
     }
 
     /// <summary>Connects, negotiates with <paramref name="action"/>, and closes (for LIST and INFO).</summary>

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Buffers;
 using System.Buffers.Binary;
 using NbdAttachment.Client;
@@ -42,6 +43,13 @@ internal sealed partial class NbdWire
 
                 Process(ref buffer);
                 _reader.AdvanceTo(buffer.Start, buffer.End);
+                if (buffer.IsEmpty && !result.IsCompleted && _remaining >= DirectTransferThreshold
+                    && _phase is ReadPhase.SimpleData or ReadPhase.ChunkData && _current is { } request)
+                {
+                    await ReceiveDirectAsync(request).ConfigureAwait(false);
+                    continue;
+                }
+
                 if (result.IsCompleted)
                 {
                     if (DisconnectSent)
@@ -60,7 +68,7 @@ internal sealed partial class NbdWire
         catch (OperationCanceledException) when (_stop.IsCancellationRequested)
         {
         }
-        catch (NbdProtocolException ex)
+        catch (NbdException ex)
         {
             Stop(ex);
         }
@@ -71,6 +79,42 @@ internal sealed partial class NbdWire
                 Stop(new NbdConnectionException($"Receiving from the server failed: {ex.Message}", ex));
             }
         }
+    }
+
+    /// <summary>
+    /// Receives the rest of a large data payload straight into the caller's buffer. The pipe holds no unread
+    /// bytes at this point, so reading the stream directly keeps the byte order.
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask ReceiveDirectAsync(NbdRequest request)
+    {
+        if (!request.TryBeginTransfer(this))
+        {
+            return; // abandoned: the pipe path discards its data
+        }
+
+        try
+        {
+            while (_remaining > 0)
+            {
+                var destination = request.ReadBuffer.Slice((int)_destination, (int)_remaining);
+                var received = await _stream.ReadAsync(destination, _stop.Token).ConfigureAwait(false);
+                if (received == 0)
+                {
+                    throw new NbdConnectionException("The server closed the connection in the middle of a reply.");
+                }
+
+                LastReceiveTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
+                _remaining -= received;
+                _destination += received;
+            }
+        }
+        finally
+        {
+            request.EndTransfer();
+        }
+
+        EndOfData();
     }
 
     private void Process(ref ReadOnlySequence<byte> buffer)
@@ -301,11 +345,11 @@ internal sealed partial class NbdWire
         }
     }
 
-    private static void ParseBlockStatus(NbdRequest request, ReadOnlySequence<byte> payload)
+    private void ParseBlockStatus(NbdRequest request, ReadOnlySequence<byte> payload)
     {
         var reader = new SequenceReader<byte>(payload);
         reader.TryReadBigEndian(out int contextId);
-        if ((uint)contextId != request.ContextId)
+        if (!_contextIds.TryGetValue(request.Context!, out var wanted) || (uint)contextId != wanted)
         {
             return; // a context we did not ask about in this request: ignore it
         }
@@ -378,7 +422,39 @@ internal sealed partial class NbdWire
     {
         if (!condition)
         {
-            throw new NbdProtocolException($"Protocol violation: the server sent {what}.");
+            throw Violation(what);
         }
+    }
+
+    /// <summary>Checks a rule; the interpolated message is only formatted when the rule is broken, never per reply.</summary>
+    private static void Expect(bool condition, [InterpolatedStringHandlerArgument(nameof(condition))] ref ViolationMessage what)
+    {
+        if (!condition)
+        {
+            throw Violation(what.ToStringAndClear());
+        }
+    }
+
+    private static NbdProtocolException Violation(string what) => new($"Protocol violation: the server sent {what}.");
+
+    /// <summary>An interpolated-string handler that formats nothing while the checked condition holds.</summary>
+    [InterpolatedStringHandler]
+    private ref struct ViolationMessage
+    {
+        private DefaultInterpolatedStringHandler _inner;
+
+        public ViolationMessage(int literalLength, int formattedCount, bool condition, out bool shouldAppend)
+        {
+            shouldAppend = !condition;
+            _inner = shouldAppend ? new DefaultInterpolatedStringHandler(literalLength, formattedCount) : default;
+        }
+
+        public void AppendLiteral(string value) => _inner.AppendLiteral(value);
+
+        public void AppendFormatted<T>(T value) => _inner.AppendFormatted(value);
+
+        public void AppendFormatted<T>(T value, string? format) => _inner.AppendFormatted(value, format);
+
+        public string ToStringAndClear() => _inner.ToStringAndClear();
     }
 }

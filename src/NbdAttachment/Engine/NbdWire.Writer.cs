@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Buffers;
 using NbdAttachment.Protocol;
 
@@ -24,11 +25,29 @@ internal sealed partial class NbdWire
             }
 
             var queue = _owner.Queue;
-            while (await queue.WaitToReadAsync(_stop.Token).ConfigureAwait(false))
+            // No token: an uncancellable wait reuses the channel's pooled waiter. Stop() wakes it with a marker.
+            while (!_stop.IsCancellationRequested && await queue.WaitToReadAsync(CancellationToken.None).ConfigureAwait(false))
             {
                 var wrote = false;
                 while (queue.TryRead(out var request))
                 {
+                    if (request.Command == NbdCommand.Write && request.Payload.Length >= DirectTransferThreshold)
+                    {
+                        await SendDirectAsync(request).ConfigureAwait(false);
+                        wrote = false;
+                        continue;
+                    }
+
+                    if (ReferenceEquals(request, NbdConnection.WakeMarker))
+                    {
+                        if (_stop.IsCancellationRequested)
+                        {
+                            return;
+                        }
+
+                        continue;
+                    }
+
                     if (ReferenceEquals(request, NbdConnection.DisconnectMarker))
                     {
                         WriteDisconnect();
@@ -55,6 +74,30 @@ internal sealed partial class NbdWire
         }
     }
 
+    /// <summary>
+    /// Sends a large WRITE: the header goes out with whatever is batched, then the payload straight from the
+    /// caller's memory, without a copy into the pipe.
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask SendDirectAsync(NbdRequest request)
+    {
+        if (!request.TryStartSend(this))
+        {
+            return; // abandoned while queued
+        }
+
+        try
+        {
+            WriteHeader(request);
+            await FlushAsync().ConfigureAwait(false);
+            await _stream.WriteAsync(request.Payload, _stop.Token).ConfigureAwait(false);
+        }
+        finally
+        {
+            request.EndTransfer();
+        }
+    }
+
     private bool WriteRequest(NbdRequest request)
     {
         if (!request.TryMarkSent())
@@ -62,15 +105,20 @@ internal sealed partial class NbdWire
             return false; // abandoned while queued
         }
 
-        var header = new NbdRequestHeader(request.Command, request.Flags, request.Cookie, request.Offset, request.Length);
-        header.WriteTo(_writer.GetSpan(NbdRequestHeader.Size));
-        _writer.Advance(NbdRequestHeader.Size);
+        WriteHeader(request);
         if (request.Command == NbdCommand.Write)
         {
             _writer.Write(request.Payload.Span);
         }
 
         return true;
+    }
+
+    private void WriteHeader(NbdRequest request)
+    {
+        var header = new NbdRequestHeader(request.Command, request.Flags, request.Cookie, request.Offset, request.Length);
+        header.WriteTo(_writer.GetSpan(NbdRequestHeader.Size));
+        _writer.Advance(NbdRequestHeader.Size);
     }
 
     private void WriteDisconnect()
@@ -80,6 +128,7 @@ internal sealed partial class NbdWire
         _writer.Advance(NbdRequestHeader.Size);
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask FlushAsync()
     {
         var result = await _writer.FlushAsync(_stop.Token).ConfigureAwait(false);

@@ -10,22 +10,33 @@ namespace NbdAttachment.Engine;
 /// </summary>
 internal sealed partial class NbdWire : IAsyncDisposable
 {
+    /// <summary>
+    /// Payloads at least this large move directly between the socket and the caller's memory, skipping the
+    /// copy through the pipe buffers; smaller ones are batched through the pipes.
+    /// </summary>
+    internal const int DirectTransferThreshold = 64 * 1024;
+
     private readonly Stream _stream;
     private readonly PipeReader _reader;
     private readonly PipeWriter _writer;
     private readonly NbdConnection _owner;
+    private readonly IReadOnlyDictionary<string, uint> _contextIds;
     private readonly RequestTable _table;
     private readonly CancellationTokenSource _stop = new();
     private Exception? _firstError;
     private int _disconnectSent;
 
-    public NbdWire(Stream stream, NbdConnection owner)
+    /// <param name="stream">The negotiated stream.</param>
+    /// <param name="owner">The logical connection whose requests this wire carries.</param>
+    /// <param name="negotiated">What this session negotiated; meta context ids are only valid on it.</param>
+    public NbdWire(Stream stream, NbdConnection owner, NbdExportInfo negotiated)
     {
         _stream = stream;
         Export = owner.Export;
+        _contextIds = negotiated.MetaContextIds;
         _owner = owner;
         _table = owner.Table;
-        _reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 256 * 1024, minimumReadSize: 64 * 1024, leaveOpen: true));
+        _reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 16 * 1024, leaveOpen: true));
         _writer = PipeWriter.Create(stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true));
     }
 
@@ -68,6 +79,7 @@ internal sealed partial class NbdWire : IAsyncDisposable
             }
 
             _stream.Dispose();
+            _owner.WakeWriter();
         }
     }
 

@@ -4,7 +4,7 @@ namespace NbdAttachment.Engine;
 /// The one in-flight table of a connection, keyed by cookie (slot index in the low 32 bits, a generation in the
 /// high 32). Slots are pre-allocated, so steady-state I/O allocates nothing; when all are taken, callers wait.
 /// </summary>
-internal sealed class RequestTable : IDisposable
+internal sealed class RequestTable
 {
     private readonly NbdRequest[] _slots;
     private readonly Stack<NbdRequest> _free;
@@ -85,8 +85,6 @@ internal sealed class RequestTable : IDisposable
 
         _available.Release();
     }
-
-    public void Dispose() => _available.Dispose();
 
     private NbdRequest Pop()
     {
