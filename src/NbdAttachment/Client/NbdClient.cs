@@ -26,7 +26,7 @@ public sealed partial class NbdClient : IAsyncDisposable
         Uri = uri;
         _options = options;
         _logger = logger;
-        _connection = new NbdConnection(export, options.MaxInFlightRequests, logger);
+        _connection = new NbdConnection(export, options.MaxInFlightRequests, logger, options.WriteJournalCapacity);
         _events = new OrderedCallbackQueue(error => Log.EventHandlerFailed(logger, uri.ToString(), error));
         _state = (int)NbdClientState.Connected;
         var wire = new NbdWire(stream, _connection, export);

@@ -42,9 +42,22 @@ public sealed record NbdClientOptions
     /// <summary>How long <see cref="NbdClient.DisposeAsync"/> waits for requests in flight before it closes. Default: 5 seconds.</summary>
     public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromSeconds(5);
 
+    /// <summary>
+    /// Bytes of writes the server acknowledged but has not made durable (no FLUSH or FUA since) that the client
+    /// keeps copies of, to write them again after a reconnect in case the server restarted and lost its cache.
+    /// Past this size the client sends a FLUSH of its own to empty the journal. Only used when the export offers
+    /// FLUSH. Default: 64 MiB. 0 disables the journal (a server restart may then silently lose unflushed writes).
+    /// </summary>
+    public long WriteJournalCapacity { get; init; } = 64L << 20;
+
     /// <summary>Throws <see cref="ArgumentException"/> when a value is out of range.</summary>
     public void Validate()
     {
+        if (WriteJournalCapacity < 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(WriteJournalCapacity), WriteJournalCapacity, "WriteJournalCapacity must not be negative.");
+        }
+
         ArgumentNullException.ThrowIfNull(Reconnect);
         Reconnect.Validate();
         if (RequestTimeout <= TimeSpan.Zero && RequestTimeout != Timeout.InfiniteTimeSpan)

@@ -47,6 +47,9 @@ internal static partial class Log
     [LoggerMessage(NbdEventIds.Reconnected, LogLevel.Information, "Reconnected to {Endpoint} after {Attempts} attempts; re-sending {Requests} requests")]
     public static partial void Reconnected(ILogger logger, string endpoint, int attempts, int requests);
 
+    [LoggerMessage(NbdEventIds.JournalReplayed, LogLevel.Information, "Wrote {Writes} acknowledged, unflushed writes ({Bytes} bytes journalled) again after reconnecting")]
+    public static partial void JournalReplayed(ILogger logger, int writes, long bytes);
+
     [LoggerMessage(NbdEventIds.ReconnectGaveUp, LogLevel.Error, "Gave up reconnecting to {Endpoint} after {Attempts} attempts")]
     public static partial void ReconnectGaveUp(ILogger logger, string endpoint, int attempts, Exception exception);
 

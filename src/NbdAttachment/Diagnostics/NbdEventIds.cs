@@ -54,6 +54,9 @@ public static class NbdEventIds
     /// <summary>The client or attachment changed state.</summary>
     public const int StateChanged = 4004;
 
+    /// <summary>After a reconnect, writes acknowledged since the last flush were written again (journal replay).</summary>
+    public const int JournalReplayed = 4006;
+
     /// <summary>A handler of a state-change event threw; the exception was ignored.</summary>
     public const int EventHandlerFailed = 4005;
 

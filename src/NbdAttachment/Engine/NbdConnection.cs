@@ -18,6 +18,9 @@ internal sealed partial class NbdConnection : IDisposable
     /// <summary>Queued to wake the writer of a wire that is stopping (it waits without a token, allocation-free).</summary>
     internal static readonly NbdRequest WakeMarker = new(null!, -1);
 
+    /// <summary>The outcome given to requests released without an answer (their caller already heard).</summary>
+    private static readonly NbdConnectionException Released = new("The connection was lost before the server answered.");
+
     private readonly Channel<NbdRequest> _queue = Channel.CreateUnbounded<NbdRequest>(new UnboundedChannelOptions
     {
         SingleReader = true,
@@ -25,17 +28,25 @@ internal sealed partial class NbdConnection : IDisposable
     });
 
     private readonly RequestTable _table;
+    private readonly WriteJournal? _journal;
+    private int _earlyFlush;
     private readonly object _lock = new();
     private List<NbdRequest> _replay = [];
     private NbdWire? _wire;
     private Exception? _failure;
 
-    public NbdConnection(NbdExportInfo export, int maxInFlight, ILogger logger)
+    public NbdConnection(NbdExportInfo export, int maxInFlight, ILogger logger, long journalCapacity = 0)
     {
         Export = export;
         Logger = logger;
         _table = new RequestTable(maxInFlight);
+
+        // Only a server that caches writes (it offers FLUSH) can lose acknowledged ones.
+        _journal = journalCapacity > 0 && export.CanFlush && !export.IsReadOnly ? new WriteJournal(journalCapacity) : null;
     }
+
+    /// <summary>The journal of acknowledged, unflushed writes; null when disabled.</summary>
+    public WriteJournal? Journal => _journal;
 
     /// <summary>The export as negotiated on the first wire; later wires must match it.</summary>
     public NbdExportInfo Export { get; }
@@ -80,16 +91,16 @@ internal sealed partial class NbdConnection : IDisposable
             _wire = wire;
         }
 
-        var error = await wire.RunAsync(replay).ConfigureAwait(false);
+        var error = await wire.RunAsync(replay, _journal is { Count: > 0 } ? ReplayJournalAsync : null).ConfigureAwait(false);
         lock (_lock)
         {
             _wire = null;
             foreach (var request in _table.SnapshotSent())
             {
-                if (request.Abandoned)
+                if (request.Abandoned || request.IsInternal)
                 {
-                    // Its caller gave up and may reuse its buffer: never re-send it, just release the slot.
-                    request.Complete(null);
+                    // Its caller gave up and may reuse its buffer, or it was the client's own: never re-send it.
+                    request.Complete(Released);
                 }
                 else if (request.TryRequeue())
                 {
@@ -200,6 +211,22 @@ internal sealed partial class NbdConnection : IDisposable
     private ValueTask Enqueue(NbdRequest request, NbdCommand command, NbdCommandFlags flags, ulong offset, uint length, ReadOnlyMemory<byte> payload, Memory<byte> readBuffer, CancellationToken cancellationToken, string? context, List<NbdExtent>? extents)
     {
         request.Prepare(command, flags, offset, length, payload, readBuffer, context, extents);
+        if (_journal is { } journal)
+        {
+            if (command is NbdCommand.Write or NbdCommand.WriteZeroes or NbdCommand.Trim)
+            {
+                request.AttachJournal(journal, journal.Record(command, (long)offset, length, payload.Span), 0);
+                if (journal.Bytes > journal.Capacity)
+                {
+                    StartEarlyFlush();
+                }
+            }
+            else if (command == NbdCommand.Flush)
+            {
+                request.AttachJournal(journal, null, journal.Watermark);
+            }
+        }
+
         var task = new ValueTask(request, request.Version);
         request.RegisterCancellation(cancellationToken);
         if (!_queue.Writer.TryWrite(request))
@@ -208,5 +235,84 @@ internal sealed partial class NbdConnection : IDisposable
         }
 
         return task;
+    }
+
+    /// <summary>The journal passed its capacity: flush once in the background so the server makes it durable.</summary>
+    private void StartEarlyFlush()
+    {
+        if (Interlocked.CompareExchange(ref _earlyFlush, 1, 0) == 0)
+        {
+            _ = EarlyFlushAsync();
+        }
+    }
+
+    private async Task EarlyFlushAsync()
+    {
+        try
+        {
+            await Submit(NbdCommand.Flush, NbdCommandFlags.None, 0, 0, default, default, CancellationToken.None).ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // A failed early flush is retried at the next write past capacity; the error reaches callers through their own requests.
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+        }
+        finally
+        {
+            Volatile.Write(ref _earlyFlush, 0);
+        }
+    }
+
+    /// <summary>
+    /// Runs first on a new wire: writes every acknowledged, unflushed write again, in acknowledgement order
+    /// (overlapping ones one after another), before any replayed or new request is sent.
+    /// </summary>
+    private async Task ReplayJournalAsync(NbdWire wire)
+    {
+        var entries = _journal!.Snapshot();
+        var pending = new List<(WriteJournal.Entry Entry, ValueTask Reply)>(RequestTable.InternalSlots);
+        foreach (var entry in entries)
+        {
+            if (pending.Count == RequestTable.InternalSlots || pending.Exists(p => p.Entry.Overlaps(entry)))
+            {
+                await DrainAsync(wire, pending).ConfigureAwait(false);
+            }
+
+            var request = await _table.RentInternalAsync(wire.StopToken).ConfigureAwait(false);
+            request.Prepare(entry.Command, NbdCommandFlags.None, (ulong)entry.Offset, (uint)entry.Length, entry.Payload, default);
+            request.IsInternal = true;
+            var reply = new ValueTask(request, request.Version);
+            request.RegisterCancellation(wire.StopToken);
+            wire.WriteNow(request);
+            pending.Add((entry, reply));
+        }
+
+        await DrainAsync(wire, pending).ConfigureAwait(false);
+        Diagnostics.Log.JournalReplayed(Logger, entries.Count, _journal.Bytes);
+    }
+
+    private static async Task DrainAsync(NbdWire wire, List<(WriteJournal.Entry Entry, ValueTask Reply)> pending)
+    {
+        await wire.FlushNowAsync().ConfigureAwait(false);
+        Exception? failure = null;
+        foreach (var (entry, reply) in pending)
+        {
+            try
+            {
+                await reply.ConfigureAwait(false);
+            }
+            catch (NbdServerException ex)
+            {
+                failure ??= new NbdDataLossException(
+                    $"After reconnecting, the acknowledged but unflushed write of {entry.Length} bytes at offset {entry.Offset} could not be written again: {ex.Message}",
+                    ex);
+            }
+        }
+
+        pending.Clear();
+        if (failure is not null)
+        {
+            throw failure;
+        }
     }
 }

@@ -27,6 +27,9 @@ internal sealed class NbdRequest : IValueTaskSource
     private CancellationTokenRegistration _registration;
     private uint _generation;
     private NbdWire? _transferWire;
+    private WriteJournal? _journal;
+    private WriteJournal.Entry? _journalEntry;
+    private long _watermark;
     private bool _hasDeferred;
     private Exception? _deferred;
 
@@ -88,9 +91,26 @@ internal sealed class NbdRequest : IValueTaskSource
         Error = null;
         Covered = 0;
         Extents = extents;
+        _journal = null;
+        _journalEntry = null;
+        IsInternal = false;
         _owners = 2;
         StartTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
         Volatile.Write(ref _state, StateQueued);
+    }
+
+    /// <summary>Sent by the client itself (journal replay): never replayed by a later wire.</summary>
+    public bool IsInternal { get; set; }
+
+    /// <summary>
+    /// Ties the request to the journal: a write's copy is kept once the server acknowledges it; a flush
+    /// drops what was acknowledged before <paramref name="watermark"/>.
+    /// </summary>
+    public void AttachJournal(WriteJournal journal, WriteJournal.Entry? entry, long watermark)
+    {
+        _journal = journal;
+        _journalEntry = entry;
+        _watermark = watermark;
     }
 
     public void RegisterCancellation(CancellationToken cancellationToken)
@@ -167,6 +187,26 @@ internal sealed class NbdRequest : IValueTaskSource
             return;
         }
 
+        // Journal first, so a flush the caller submits after hearing of success covers this write.
+        if (_journal is { } journal)
+        {
+            if (_journalEntry is { } entry)
+            {
+                if (error is null)
+                {
+                    journal.Acknowledge(entry);
+                }
+                else
+                {
+                    journal.Discard(entry);
+                }
+            }
+            else if (error is null && Command == NbdCommand.Flush)
+            {
+                journal.FlushCompleted(_watermark);
+            }
+        }
+
         lock (this)
         {
             if (!Abandoned)
@@ -232,6 +272,11 @@ internal sealed class NbdRequest : IValueTaskSource
         // A request that never reached the wire needs no reply: the writer skips it.
         if (Interlocked.CompareExchange(ref _state, StateDone, StateQueued) == StateQueued)
         {
+            if (_journalEntry is { } entry)
+            {
+                _journal!.Discard(entry);
+            }
+
             ReleaseOwner();
         }
     }

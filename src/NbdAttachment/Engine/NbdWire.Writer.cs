@@ -10,10 +10,15 @@ internal sealed partial class NbdWire
     /// The single writer: sends replayed requests first, then whatever the owner's queue holds, coalescing every
     /// request that is ready into one flush.
     /// </summary>
-    private async Task WriteLoopAsync(IReadOnlyList<NbdRequest> replay)
+    private async Task WriteLoopAsync(IReadOnlyList<NbdRequest> replay, Func<NbdWire, Task>? prelude)
     {
         try
         {
+            if (prelude is not null)
+            {
+                await prelude(this).ConfigureAwait(false);
+            }
+
             foreach (var request in replay)
             {
                 WriteRequest(request);
@@ -68,6 +73,10 @@ internal sealed partial class NbdWire
         catch (OperationCanceledException) when (_stop.IsCancellationRequested)
         {
         }
+        catch (NbdException ex)
+        {
+            Stop(ex);
+        }
         catch (Exception ex) when (ex is IOException or ObjectDisposedException or System.Net.Sockets.SocketException or InvalidOperationException)
         {
             Stop(new NbdConnectionException($"Sending to the server failed: {ex.Message}", ex));
@@ -97,6 +106,12 @@ internal sealed partial class NbdWire
             request.EndTransfer();
         }
     }
+
+    /// <summary>For a prelude on the writer task: queue one request into the send buffer.</summary>
+    internal void WriteNow(NbdRequest request) => WriteRequest(request);
+
+    /// <summary>For a prelude on the writer task: send what is buffered.</summary>
+    internal ValueTask FlushNowAsync() => FlushAsync();
 
     private bool WriteRequest(NbdRequest request)
     {

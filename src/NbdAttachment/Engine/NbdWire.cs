@@ -42,6 +42,9 @@ internal sealed partial class NbdWire : IAsyncDisposable
 
     public NbdExportInfo Export { get; }
 
+    /// <summary>Cancelled when the wire stops.</summary>
+    internal CancellationToken StopToken => _stop.Token;
+
     /// <summary>Ticks of the last byte received, for the dead-connection check.</summary>
     public long LastReceiveTimestamp { get; private set; } = System.Diagnostics.Stopwatch.GetTimestamp();
 
@@ -49,10 +52,12 @@ internal sealed partial class NbdWire : IAsyncDisposable
     public bool DisconnectSent => Volatile.Read(ref _disconnectSent) != 0;
 
     /// <summary>Runs both loops until the wire breaks or closes; returns the first error (null after a clean disconnect).</summary>
-    public async Task<Exception?> RunAsync(IReadOnlyList<NbdRequest> replay)
+    /// <param name="replay">Requests of a broken wire to send again, after the prelude.</param>
+    /// <param name="prelude">Runs on the writer before anything else is sent (journal replay); may be null.</param>
+    public async Task<Exception?> RunAsync(IReadOnlyList<NbdRequest> replay, Func<NbdWire, Task>? prelude)
     {
         var readTask = Task.Run(ReadLoopAsync);
-        var writeTask = Task.Run(() => WriteLoopAsync(replay));
+        var writeTask = Task.Run(() => WriteLoopAsync(replay, prelude));
         var first = await Task.WhenAny(readTask, writeTask).ConfigureAwait(false);
         await first.ConfigureAwait(false);
         Stop(null);

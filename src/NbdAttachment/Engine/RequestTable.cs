@@ -6,35 +6,53 @@ namespace NbdAttachment.Engine;
 /// </summary>
 internal sealed class RequestTable
 {
+    /// <summary>Slots kept for the client's own requests (journal replay) so they never wait behind callers.</summary>
+    public const int InternalSlots = 16;
+
     private readonly NbdRequest[] _slots;
     private readonly Stack<NbdRequest> _free;
+    private readonly Stack<NbdRequest> _internalFree;
     private readonly SemaphoreSlim _available;
+    private readonly SemaphoreSlim _internalAvailable = new(InternalSlots, InternalSlots);
     private readonly object _lock = new();
 
     public RequestTable(int capacity)
     {
-        _slots = new NbdRequest[capacity];
+        Capacity = capacity;
+        _slots = new NbdRequest[capacity + InternalSlots];
         _free = new Stack<NbdRequest>(capacity);
-        for (var i = capacity - 1; i >= 0; i--)
+        _internalFree = new Stack<NbdRequest>(InternalSlots);
+        for (var i = _slots.Length - 1; i >= 0; i--)
         {
             _slots[i] = new NbdRequest(this, i);
-            _free.Push(_slots[i]);
+            (i < capacity ? _free : _internalFree).Push(_slots[i]);
         }
 
         _available = new SemaphoreSlim(capacity, capacity);
     }
 
-    public int Capacity => _slots.Length;
+    /// <summary>Slots for callers' requests (the in-flight limit).</summary>
+    public int Capacity { get; }
 
-    /// <summary>Slots in use (queued, sent, or waiting for their caller to read the result).</summary>
+    /// <summary>Callers' slots in use (queued, sent, or waiting for their caller to read the result).</summary>
     public int InUse
     {
         get
         {
             lock (_lock)
             {
-                return _slots.Length - _free.Count;
+                return Capacity - _free.Count;
             }
+        }
+    }
+
+    /// <summary>Rents one of the slots kept for the client's own requests.</summary>
+    public async ValueTask<NbdRequest> RentInternalAsync(CancellationToken cancellationToken)
+    {
+        await _internalAvailable.WaitAsync(cancellationToken).ConfigureAwait(false);
+        lock (_lock)
+        {
+            return _internalFree.Pop();
         }
     }
 
@@ -78,12 +96,13 @@ internal sealed class RequestTable
 
     public void Release(NbdRequest request)
     {
+        var isInternal = request.Slot >= Capacity;
         lock (_lock)
         {
-            _free.Push(request);
+            (isInternal ? _internalFree : _free).Push(request);
         }
 
-        _available.Release();
+        (isInternal ? _internalAvailable : _available).Release();
     }
 
     private NbdRequest Pop()
