@@ -6,6 +6,13 @@ using NbdAttachment.Testing;
 // A fio-style load tool for the NBD client. Every loop is bounded by --runtime and by a request cap.
 // Usage: dotnet run -c Release --project tests/NbdAttachment.Benchmarks -- [--uri URI] --rw randread --bs 4k
 //        --iodepth 32 --runtime 10 [--size 1g] [--json]
+// Micro-benchmarks (BenchmarkDotNet): dotnet run -c Release --project tests/NbdAttachment.Benchmarks -- micro [--filter *]
+if (args.Length > 0 && args[0] == "micro")
+{
+    NbdAttachment.Benchmarks.MicroBenchmarks.Run(args[1..]);
+    return;
+}
+
 var settings = LoadSettings.Parse(args);
 NbdTestServer? embedded = null;
 if (settings.Uri is null)

@@ -10,11 +10,11 @@ public sealed partial class NbdClient
     /// Owns the life cycle: runs a wire until it ends, then either reconnects (transport failures, under the
     /// reconnect policy) and replays the requests in flight, or fails the client (fatal errors, policy exhausted).
     /// </summary>
-    private async Task SuperviseAsync(NbdWire wire)
+    private async Task SuperviseAsync(NbdConnection connection, NbdWire wire)
     {
         try
         {
-            await SuperviseLoopAsync(wire).ConfigureAwait(false);
+            await SuperviseLoopAsync(connection, wire).ConfigureAwait(false);
         }
         catch (Exception ex)
         {
@@ -23,18 +23,18 @@ public sealed partial class NbdClient
         }
     }
 
-    private async Task SuperviseLoopAsync(NbdWire wire)
+    private async Task SuperviseLoopAsync(NbdConnection connection, NbdWire wire)
     {
         while (true)
         {
-            var error = await _connection.RunWireAsync(wire).ConfigureAwait(false);
+            var error = await connection.RunWireAsync(wire).ConfigureAwait(false);
             if (_closing.IsCancellationRequested)
             {
                 return;
             }
 
             error ??= new NbdConnectionException("The server closed the connection.");
-            Log.ConnectionBroken(_logger, Uri.ToString(), _connection.PendingReplay, error);
+            Log.ConnectionBroken(_logger, Uri.ToString(), connection.PendingReplay, error);
             NbdMeter.LostCounter.Add(1, new KeyValuePair<string, object?>("error.type", error.GetType().Name));
             if (error is not NbdException { IsTransient: true } || _options.Reconnect.IsDisabled)
             {
@@ -42,21 +42,25 @@ public sealed partial class NbdClient
                 return;
             }
 
+            Interlocked.Increment(ref _reconnecting);
             SetState(NbdClientState.Reconnecting, error);
-            var next = await ReconnectAsync(error).ConfigureAwait(false);
+            var next = await ReconnectAsync(connection, error).ConfigureAwait(false);
             if (next is null)
             {
                 return;
             }
 
             wire = next;
-            ReconnectCount++;
+            Interlocked.Increment(ref _reconnectCount);
             NbdMeter.ReconnectCounter.Add(1);
-            SetState(NbdClientState.Connected, null);
+            if (Interlocked.Decrement(ref _reconnecting) == 0)
+            {
+                SetState(NbdClientState.Connected, null);
+            }
         }
     }
 
-    private async Task<NbdWire?> ReconnectAsync(Exception cause)
+    private async Task<NbdWire?> ReconnectAsync(NbdConnection connection, Exception cause)
     {
         var started = Stopwatch.GetTimestamp();
         var last = cause;
@@ -74,9 +78,9 @@ public sealed partial class NbdClient
             try
             {
                 await Task.Delay(delay.Value, _closing.Token).ConfigureAwait(false);
-                var (stream, negotiated) = await NbdSession.OpenAsync(Uri, _options, _logger, _connection.Export, _closing.Token).ConfigureAwait(false);
-                Log.Reconnected(_logger, Uri.ToString(), attempt, _connection.PendingReplay);
-                return new NbdWire(stream, _connection, negotiated);
+                var (stream, negotiated) = await NbdSession.OpenAsync(Uri, _options, _logger, connection.Export, _closing.Token).ConfigureAwait(false);
+                Log.Reconnected(_logger, Uri.ToString(), attempt, connection.PendingReplay);
+                return new NbdWire(stream, connection, negotiated);
             }
             catch (OperationCanceledException) when (_closing.IsCancellationRequested)
             {
@@ -106,23 +110,27 @@ public sealed partial class NbdClient
             Log.ProtocolViolation(_logger, Uri.ToString(), error);
         }
 
-        _connection.Fail(error);
+        // One failed connection fails the client: its requests could not be moved to another safely.
+        foreach (var connection in _connections)
+        {
+            connection.Fail(error);
+        }
+
         SetState(NbdClientState.Failed, error);
     }
 
     /// <summary>Declares the wire dead when the oldest request has waited past the timeout with nothing received.</summary>
     private void OnHeartbeat()
     {
-        var wire = _connection.CurrentWire;
-        if (wire is null || _connection.InFlight == 0)
-        {
-            return;
-        }
-
         var timeout = _options.RequestTimeout;
-        if (Stopwatch.GetElapsedTime(wire.LastReceiveTimestamp) >= timeout && _connection.OldestSentAge() >= timeout)
+        foreach (var connection in _connections)
         {
-            wire.Stop(new NbdTimeoutException($"No reply from the server for {timeout.TotalSeconds:0.###} s with requests in flight."));
+            var wire = connection.CurrentWire;
+            if (wire is not null && connection.InFlight > 0
+                && Stopwatch.GetElapsedTime(wire.LastReceiveTimestamp) >= timeout && connection.OldestSentAge() >= timeout)
+            {
+                wire.Stop(new NbdTimeoutException($"No reply from the server for {timeout.TotalSeconds:0.###} s with requests in flight."));
+            }
         }
     }
 }

@@ -7,30 +7,45 @@ namespace NbdAttachment.Client;
 /// <summary>
 /// A pipelined NBD client for one export: many requests in flight, replies matched by cookie in any order,
 /// large requests split to the server's limits, unaligned I/O handled, and transparent reconnect after
-/// transport failures (requests in flight are re-sent). Thread-safe. Dispose to drain and disconnect.
+/// transport failures (requests in flight are re-sent). With <see cref="NbdClientOptions.Connections"/> above 1 and
+/// a server that offers multi-conn, requests are spread over several connections. Thread-safe. Dispose to drain
+/// and disconnect.
 /// </summary>
 public sealed partial class NbdClient : IAsyncDisposable
 {
     private readonly NbdClientOptions _options;
     private readonly ILogger _logger;
-    private readonly NbdConnection _connection;
+    private readonly NbdConnection[] _connections;
+    private readonly NbdConnection _connection; // the first: its export is the client's
     private readonly CancellationTokenSource _closing = new();
-    private readonly Task _supervisor;
+    private readonly Task[] _supervisors;
     private readonly Timer? _heartbeat;
     private readonly OrderedCallbackQueue _events;
     private int _state;
     private int _disposed;
+    private int _reconnecting;
+    private uint _next;
+    private int _reconnectCount;
 
-    private NbdClient(NbdUri uri, NbdClientOptions options, ILogger logger, Stream stream, NbdExportInfo export)
+    private NbdClient(NbdUri uri, NbdClientOptions options, ILogger logger, List<(Stream Stream, NbdExportInfo Export)> sessions)
     {
         Uri = uri;
         _options = options;
         _logger = logger;
-        _connection = new NbdConnection(export, options.MaxInFlightRequests, logger, options.WriteJournalCapacity);
         _events = new OrderedCallbackQueue(error => Log.EventHandlerFailed(logger, uri.ToString(), error));
         _state = (int)NbdClientState.Connected;
-        var wire = new NbdWire(stream, _connection, export);
-        _supervisor = Task.Run(() => SuperviseAsync(wire));
+        _connections = new NbdConnection[sessions.Count];
+        _supervisors = new Task[sessions.Count];
+        for (var i = 0; i < sessions.Count; i++)
+        {
+            var (stream, export) = sessions[i];
+            var connection = new NbdConnection(sessions[0].Export, options.MaxInFlightRequests, logger, options.WriteJournalCapacity);
+            _connections[i] = connection;
+            var wire = new NbdWire(stream, connection, export);
+            _supervisors[i] = Task.Run(() => SuperviseAsync(connection, wire));
+        }
+
+        _connection = _connections[0];
         if (options.RequestTimeout != Timeout.InfiniteTimeSpan)
         {
             var period = TimeSpan.FromMilliseconds(Math.Clamp(options.RequestTimeout.TotalMilliseconds / 4, 10, 1000));
@@ -51,13 +66,28 @@ public sealed partial class NbdClient : IAsyncDisposable
     public NbdClientState State => (NbdClientState)Volatile.Read(ref _state);
 
     /// <summary>The error that failed the client, when <see cref="State"/> is <see cref="NbdClientState.Failed"/>.</summary>
-    public Exception? Failure => _connection.Failure is { } failure && State == NbdClientState.Failed ? failure : null;
+    public Exception? Failure => State == NbdClientState.Failed ? Array.Find(_connections, c => c.Failure is not null)?.Failure : null;
 
-    /// <summary>How many times the client has reconnected.</summary>
-    public int ReconnectCount { get; private set; }
+    /// <summary>How many times the client has reconnected (over all its connections).</summary>
+    public int ReconnectCount => Volatile.Read(ref _reconnectCount);
 
-    /// <summary>Requests currently holding an in-flight slot.</summary>
-    public int InFlightRequests => _connection.InFlight;
+    /// <summary>Requests currently holding an in-flight slot (over all connections).</summary>
+    public int InFlightRequests
+    {
+        get
+        {
+            var total = 0;
+            foreach (var connection in _connections)
+            {
+                total += connection.InFlight;
+            }
+
+            return total;
+        }
+    }
+
+    /// <summary>How many connections the client spreads its requests over (1 unless multi-conn was asked for and offered).</summary>
+    public int ConnectionCount => _connections.Length;
 
     /// <summary>Connects to <paramref name="uri"/>, negotiates, and returns a ready client.</summary>
     /// <param name="uri">An NBD URL (<c>nbd://</c>, <c>nbds://</c>, <c>nbd+unix://</c>, <c>nbds+unix://</c>).</param>
@@ -80,8 +110,29 @@ public sealed partial class NbdClient : IAsyncDisposable
         options ??= NbdClientOptions.Default;
         options.Validate();
         var logger = options.LoggerFactory.CreateLogger("NbdAttachment.Client");
-        var (stream, export) = await NbdSession.OpenAsync(uri, options, logger, null, cancellationToken).ConfigureAwait(false);
-        return new NbdClient(uri, options, logger, stream, export);
+        var sessions = new List<(Stream, NbdExportInfo)>(options.Connections);
+        var first = await NbdSession.OpenAsync(uri, options, logger, null, cancellationToken).ConfigureAwait(false);
+        sessions.Add(first);
+        try
+        {
+            // The safe pattern: only after the first connection shows the server offers multi-conn, open the others.
+            var count = first.Export.CanMultiConn ? options.Connections : 1;
+            for (var i = 1; i < count; i++)
+            {
+                sessions.Add(await NbdSession.OpenAsync(uri, options, logger, first.Export, cancellationToken).ConfigureAwait(false));
+            }
+        }
+        catch
+        {
+            foreach (var (stream, _) in sessions)
+            {
+                await stream.DisposeAsync().ConfigureAwait(false);
+            }
+
+            throw;
+        }
+
+        return new NbdClient(uri, options, logger, sessions);
     }
 
     /// <summary>Lists the exports a server offers (<c>NBD_OPT_LIST</c>).</summary>
@@ -117,7 +168,7 @@ public sealed partial class NbdClient : IAsyncDisposable
     /// <param name="buffer">Receives the data.</param>
     /// <param name="cancellationToken">Cancels the wait; the buffer is not written after cancellation returns.</param>
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default) =>
-        _connection.ReadAsync(offset, buffer, false, cancellationToken);
+        Pick().ReadAsync(offset, buffer, false, cancellationToken);
 
     /// <summary>Reads <paramref name="buffer"/>.Length bytes at <paramref name="offset"/> with command flags.</summary>
     /// <param name="offset">Byte offset in the export.</param>
@@ -125,7 +176,7 @@ public sealed partial class NbdClient : IAsyncDisposable
     /// <param name="options">Only <see cref="NbdCommandOptions.DontFragment"/> applies.</param>
     /// <param name="cancellationToken">Cancels the wait; the buffer is not written after cancellation returns.</param>
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, NbdCommandOptions options, CancellationToken cancellationToken = default) =>
-        _connection.ReadAsync(offset, buffer, (options & NbdCommandOptions.DontFragment) != 0, cancellationToken);
+        Pick().ReadAsync(offset, buffer, (options & NbdCommandOptions.DontFragment) != 0, cancellationToken);
 
     /// <summary>Writes <paramref name="data"/> at <paramref name="offset"/>.</summary>
     /// <param name="offset">Byte offset in the export.</param>
@@ -133,11 +184,12 @@ public sealed partial class NbdClient : IAsyncDisposable
     /// <param name="options">Only <see cref="NbdCommandOptions.ForceUnitAccess"/> applies.</param>
     /// <param name="cancellationToken">Cancels the wait.</param>
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, NbdCommandOptions options = NbdCommandOptions.None, CancellationToken cancellationToken = default) =>
-        _connection.WriteAsync(offset, data, (options & NbdCommandOptions.ForceUnitAccess) != 0, cancellationToken);
+        Pick().WriteAsync(offset, data, (options & NbdCommandOptions.ForceUnitAccess) != 0, cancellationToken);
 
     /// <summary>Makes every write the server has acknowledged durable (<c>NBD_CMD_FLUSH</c>).</summary>
     /// <param name="cancellationToken">Cancels the wait.</param>
-    public ValueTask FlushAsync(CancellationToken cancellationToken = default) => _connection.FlushAsync(cancellationToken);
+    public ValueTask FlushAsync(CancellationToken cancellationToken = default) =>
+        _connections.Length == 1 ? _connection.FlushAsync(cancellationToken) : FlushAllAsync(cancellationToken);
 
     /// <summary>Tells the server a range is no longer needed (<c>NBD_CMD_TRIM</c>); unaligned edges are left alone.</summary>
     /// <param name="offset">Byte offset in the export.</param>
@@ -145,7 +197,7 @@ public sealed partial class NbdClient : IAsyncDisposable
     /// <param name="options">Only <see cref="NbdCommandOptions.ForceUnitAccess"/> applies.</param>
     /// <param name="cancellationToken">Cancels the wait.</param>
     public ValueTask TrimAsync(long offset, long length, NbdCommandOptions options = NbdCommandOptions.None, CancellationToken cancellationToken = default) =>
-        _connection.TrimAsync(offset, length, (options & NbdCommandOptions.ForceUnitAccess) != 0, cancellationToken);
+        Pick().TrimAsync(offset, length, (options & NbdCommandOptions.ForceUnitAccess) != 0, cancellationToken);
 
     /// <summary>Makes a range read as zeroes (<c>NBD_CMD_WRITE_ZEROES</c>).</summary>
     /// <param name="offset">Byte offset in the export.</param>
@@ -153,7 +205,7 @@ public sealed partial class NbdClient : IAsyncDisposable
     /// <param name="options"><see cref="NbdCommandOptions.ForceUnitAccess"/>, <see cref="NbdCommandOptions.NoHole"/>, <see cref="NbdCommandOptions.FastZero"/>.</param>
     /// <param name="cancellationToken">Cancels the wait.</param>
     public ValueTask WriteZeroesAsync(long offset, long length, NbdCommandOptions options = NbdCommandOptions.None, CancellationToken cancellationToken = default) =>
-        _connection.WriteZeroesAsync(
+        Pick().WriteZeroesAsync(
             offset,
             length,
             (options & NbdCommandOptions.ForceUnitAccess) != 0,
@@ -166,7 +218,7 @@ public sealed partial class NbdClient : IAsyncDisposable
     /// <param name="length">Bytes to prefetch.</param>
     /// <param name="cancellationToken">Cancels the wait.</param>
     public ValueTask CacheAsync(long offset, long length, CancellationToken cancellationToken = default) =>
-        _connection.CacheAsync(offset, length, cancellationToken);
+        Pick().CacheAsync(offset, length, cancellationToken);
 
     /// <summary>
     /// One <c>NBD_CMD_BLOCK_STATUS</c> request: the extents the server reports for <paramref name="context"/>,
@@ -180,7 +232,7 @@ public sealed partial class NbdClient : IAsyncDisposable
     public async ValueTask<IReadOnlyList<NbdExtent>> GetBlockStatusAsync(long offset, long length, string context = "base:allocation", bool singleExtent = false, CancellationToken cancellationToken = default)
     {
         var extents = new List<NbdExtent>();
-        await _connection.BlockStatusAsync(offset, length, context, singleExtent, extents, cancellationToken).ConfigureAwait(false);
+        await Pick().BlockStatusAsync(offset, length, context, singleExtent, extents, cancellationToken).ConfigureAwait(false);
         return extents;
     }
 
@@ -202,29 +254,78 @@ public sealed partial class NbdClient : IAsyncDisposable
 
         await DrainAsync().ConfigureAwait(false);
         _closing.Cancel();
-        var disconnected = State == NbdClientState.Connected && _connection.RequestDisconnect();
+        var connected = State == NbdClientState.Connected;
         var closed = new ObjectDisposedException(nameof(NbdClient), "The NBD client was disposed.");
-        if (disconnected)
+        var disconnected = false;
+        foreach (var connection in _connections)
         {
-            await Task.WhenAny(_supervisor, Task.Delay(TimeSpan.FromSeconds(2))).ConfigureAwait(false);
+            disconnected |= connected && connection.RequestDisconnect();
         }
 
-        _connection.Fail(closed);
-        await _supervisor.ConfigureAwait(false);
+        var supervisors = Task.WhenAll(_supervisors);
+        if (disconnected)
+        {
+            await Task.WhenAny(supervisors, Task.Delay(TimeSpan.FromSeconds(2))).ConfigureAwait(false);
+        }
+
+        foreach (var connection in _connections)
+        {
+            connection.Fail(closed);
+        }
+
+        await supervisors.ConfigureAwait(false);
         if (State != NbdClientState.Failed)
         {
             SetState(NbdClientState.Closed, null);
         }
 
         Log.Disconnected(_logger, Uri.ToString());
-        _connection.Dispose();
+        foreach (var connection in _connections)
+        {
+            connection.Dispose();
+        }
+
         _closing.Dispose();
+    }
+
+    /// <summary>The connection for the next request: the one with the fewest requests in flight (round robin on ties).</summary>
+    private NbdConnection Pick()
+    {
+        if (_connections.Length == 1)
+        {
+            return _connection;
+        }
+
+        var start = (int)(Interlocked.Increment(ref _next) % (uint)_connections.Length);
+        var best = _connections[start];
+        for (var i = 1; i < _connections.Length; i++)
+        {
+            var candidate = _connections[(start + i) % _connections.Length];
+            if (candidate.InFlight < best.InFlight)
+            {
+                best = candidate;
+            }
+        }
+
+        return best;
+    }
+
+    /// <summary>With several connections, each one flushes: each keeps its own journal of unflushed writes.</summary>
+    private async ValueTask FlushAllAsync(CancellationToken cancellationToken)
+    {
+        var flushes = new Task[_connections.Length];
+        for (var i = 0; i < flushes.Length; i++)
+        {
+            flushes[i] = _connections[i].FlushAsync(cancellationToken).AsTask();
+        }
+
+        await Task.WhenAll(flushes).ConfigureAwait(false);
     }
 
     private async Task DrainAsync()
     {
         var deadline = _options.DrainTimeout == Timeout.InfiniteTimeSpan ? long.MaxValue : Environment.TickCount64 + (long)_options.DrainTimeout.TotalMilliseconds;
-        while (_connection.InFlight > 0 && Environment.TickCount64 < deadline && State is NbdClientState.Connected or NbdClientState.Reconnecting)
+        while (InFlightRequests > 0 && Environment.TickCount64 < deadline && State is NbdClientState.Connected or NbdClientState.Reconnecting)
         {
             await Task.Delay(5).ConfigureAwait(false);
         }

@@ -15,6 +15,12 @@ public sealed record NbdClientOptions
     /// <summary>Requests in flight on one connection before callers wait (back-pressure). Default: 64. Range: 1 to 4096.</summary>
     public int MaxInFlightRequests { get; init; } = 64;
 
+    /// <summary>
+    /// Connections to open when the server offers multi-conn (<c>NBD_FLAG_CAN_MULTI_CONN</c>); requests are spread
+    /// over them, each with its own in-flight limit. Servers without multi-conn get one. Default: 1. Range: 1 to 16.
+    /// </summary>
+    public int Connections { get; init; } = 1;
+
     /// <summary>Time allowed to connect, start TLS and negotiate. Default: 10 seconds.</summary>
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
@@ -76,6 +82,11 @@ public sealed record NbdClientOptions
         if (MaxInFlightRequests is < 1 or > 4096)
         {
             throw new ArgumentOutOfRangeException(nameof(MaxInFlightRequests), MaxInFlightRequests, "MaxInFlightRequests must be between 1 and 4096.");
+        }
+
+        if (Connections is < 1 or > 16)
+        {
+            throw new ArgumentOutOfRangeException(nameof(Connections), Connections, "Connections must be between 1 and 16.");
         }
 
         if (ConnectTimeout <= TimeSpan.Zero && ConnectTimeout != Timeout.InfiniteTimeSpan)

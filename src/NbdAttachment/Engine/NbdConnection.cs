@@ -278,34 +278,53 @@ internal sealed partial class NbdConnection : IDisposable
                 await DrainAsync(wire, pending).ConfigureAwait(false);
             }
 
-            var request = await _table.RentInternalAsync(wire.StopToken).ConfigureAwait(false);
-            request.Prepare(entry.Command, NbdCommandFlags.None, (ulong)entry.Offset, (uint)entry.Length, entry.Payload, default);
-            request.IsInternal = true;
-            var reply = new ValueTask(request, request.Version);
-            request.RegisterCancellation(wire.StopToken);
-            wire.WriteNow(request);
-            pending.Add((entry, reply));
+            pending.Add((entry, await StartReplayAsync(wire, entry).ConfigureAwait(false)));
         }
 
         await DrainAsync(wire, pending).ConfigureAwait(false);
         Diagnostics.Log.JournalReplayed(Logger, entries.Count, _journal.Bytes);
     }
 
-    private static async Task DrainAsync(NbdWire wire, List<(WriteJournal.Entry Entry, ValueTask Reply)> pending)
+    /// <summary>Puts one journalled write into the send buffer and returns the task for its reply.</summary>
+    private async ValueTask<ValueTask> StartReplayAsync(NbdWire wire, WriteJournal.Entry entry)
     {
+        var request = await _table.RentInternalAsync(wire.StopToken).ConfigureAwait(false);
+        request.Prepare(entry.Command, NbdCommandFlags.None, (ulong)entry.Offset, (uint)entry.Length, entry.Payload, default);
+        request.IsInternal = true;
+        var reply = new ValueTask(request, request.Version);
+        request.RegisterCancellation(wire.StopToken);
+        wire.WriteNow(request);
+        return reply;
+    }
+
+    /// <summary>Sends the batch and waits for it; a write the server fails is tried twice more before data is declared lost.</summary>
+    private async Task DrainAsync(NbdWire wire, List<(WriteJournal.Entry Entry, ValueTask Reply)> pending)
+    {
+        const int Attempts = 3;
         await wire.FlushNowAsync().ConfigureAwait(false);
         Exception? failure = null;
-        foreach (var (entry, reply) in pending)
+        foreach (var (entry, first) in pending)
         {
-            try
+            var reply = first;
+            for (var attempt = 1; ; attempt++)
             {
-                await reply.ConfigureAwait(false);
-            }
-            catch (NbdServerException ex)
-            {
-                failure ??= new NbdDataLossException(
-                    $"After reconnecting, the acknowledged but unflushed write of {entry.Length} bytes at offset {entry.Offset} could not be written again: {ex.Message}",
-                    ex);
+                try
+                {
+                    await reply.ConfigureAwait(false);
+                    break;
+                }
+                catch (NbdServerException) when (attempt < Attempts)
+                {
+                    reply = await StartReplayAsync(wire, entry).ConfigureAwait(false);
+                    await wire.FlushNowAsync().ConfigureAwait(false);
+                }
+                catch (NbdServerException ex)
+                {
+                    failure ??= new NbdDataLossException(
+                        $"After reconnecting, the acknowledged but unflushed write of {entry.Length} bytes at offset {entry.Offset} could not be written again ({Attempts} attempts): {ex.Message}",
+                        ex);
+                    break;
+                }
             }
         }
 

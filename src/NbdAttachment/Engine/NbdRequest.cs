@@ -6,12 +6,12 @@ using NbdAttachment.Protocol;
 namespace NbdAttachment.Engine;
 
 /// <summary>
-/// One request slot: a pooled, reusable <see cref="IValueTaskSource"/>. Continuations always run asynchronously,
-/// so user code never runs on the read loop. A slot is owned by the caller (until it reads the result) and by
+/// One request slot: a pooled, reusable <see cref="IValueTaskSource"/>. Completion is queued to the thread pool
+/// (the request is its own work item), so user code never runs on the read loop and nothing is allocated. A slot is owned by the caller (until it reads the result) and by
 /// the wire (until the server's reply is complete, or the request is dropped before it was sent); it returns
 /// to the free list when both have let go.
 /// </summary>
-internal sealed class NbdRequest : IValueTaskSource
+internal sealed class NbdRequest : IValueTaskSource, IThreadPoolWorkItem
 {
     public const int StateFree = 0;
     public const int StateQueued = 1;
@@ -32,12 +32,15 @@ internal sealed class NbdRequest : IValueTaskSource
     private long _watermark;
     private bool _hasDeferred;
     private Exception? _deferred;
+    private Exception? _outcome;
 
     public NbdRequest(RequestTable table, int slot)
     {
         _table = table;
         Slot = slot;
-        _core.RunContinuationsAsynchronously = true;
+        // Completion is handed to the thread pool by queueing this object itself (no allocation), so the
+        // continuation then runs inline there, never on the read loop.
+        _core.RunContinuationsAsynchronously = false;
     }
 
     public int Slot { get; }
@@ -326,6 +329,15 @@ internal sealed class NbdRequest : IValueTaskSource
 
     private void Signal(Exception? error)
     {
+        _outcome = error;
+        ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+    }
+
+    /// <summary>Runs on the thread pool: completes the caller's await (its continuation runs here).</summary>
+    void IThreadPoolWorkItem.Execute()
+    {
+        var error = _outcome;
+        _outcome = null;
         if (error is null)
         {
             _core.SetResult(true);

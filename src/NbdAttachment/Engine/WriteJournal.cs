@@ -1,4 +1,4 @@
-using System.Buffers;
+using System.Numerics;
 
 namespace NbdAttachment.Engine;
 
@@ -6,7 +6,8 @@ namespace NbdAttachment.Engine;
 /// Copies of the write-type commands (WRITE, WRITE_ZEROES, TRIM) the server acknowledged since the last FLUSH.
 /// A server that restarts may lose the ones it had not made durable; after a reconnect they are all sent again,
 /// in the order the server acknowledged them, before anything else is sent. FUA writes are kept too: they are
-/// durable, but replaying an older write over them would undo them. A completed FLUSH drops every entry acknowledged
+/// durable, but replaying an older write over them would undo them. Copies live in buffers the journal keeps
+/// for reuse (power-of-two sizes, up to about twice its capacity), so steady-state writing allocates nothing. A completed FLUSH drops every entry acknowledged
 /// before it was submitted. Buffers are rented from the shared pool, so the journal allocates nothing per write.
 /// </summary>
 internal sealed class WriteJournal
@@ -14,6 +15,8 @@ internal sealed class WriteJournal
     private readonly object _lock = new();
     private readonly List<Entry> _acknowledged = [];
     private readonly Stack<Entry> _spare = new();
+    private readonly Stack<byte[]>[] _buffers = Enumerable.Range(0, 32).Select(_ => new Stack<byte[]>()).ToArray();
+    private long _pooledBytes;
     private long _sequence;
     private long _bytes;
 
@@ -46,7 +49,7 @@ internal sealed class WriteJournal
         byte[]? copy = null;
         if (command == NbdAttachment.Protocol.NbdCommand.Write)
         {
-            copy = ArrayPool<byte>.Shared.Rent(payload.Length);
+            copy = RentBuffer(payload.Length);
             payload.CopyTo(copy);
             Interlocked.Add(ref _bytes, payload.Length);
         }
@@ -100,6 +103,21 @@ internal sealed class WriteJournal
         }
     }
 
+    private byte[] RentBuffer(int length)
+    {
+        var size = (int)BitOperations.RoundUpToPowerOf2((uint)Math.Max(length, 4096));
+        lock (_lock)
+        {
+            if (_buffers[BitOperations.Log2((uint)size)].TryPop(out var buffer))
+            {
+                _pooledBytes -= buffer.Length;
+                return buffer;
+            }
+        }
+
+        return GC.AllocateUninitializedArray<byte>(size);
+    }
+
     private void Return(Entry entry)
     {
         lock (_lock)
@@ -113,7 +131,11 @@ internal sealed class WriteJournal
         if (entry.Buffer is { } buffer)
         {
             Interlocked.Add(ref _bytes, -entry.Length);
-            ArrayPool<byte>.Shared.Return(buffer);
+            if (_pooledBytes + buffer.Length <= 2 * Capacity)
+            {
+                _buffers[BitOperations.Log2((uint)buffer.Length)].Push(buffer);
+                _pooledBytes += buffer.Length;
+            }
         }
 
         entry.Set(default, 0, 0, null);

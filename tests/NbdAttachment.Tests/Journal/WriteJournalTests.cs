@@ -131,13 +131,28 @@ public sealed class WriteJournalTests
     }
 
     [Fact]
+    public async Task A_replayed_write_failing_once_is_tried_again()
+    {
+        await using var server = await CachingServerAsync();
+        await using var client = await NbdClient.ConnectAsync(server.Uri, Fast(64 << 20));
+        var data = Pattern(4096, 9);
+        await client.WriteAsync(0, data);
+        server.GetExport().LoseUnflushedWrites();
+        server.Faults.DropConnectionAfterRequests(1);
+        server.Faults.FailNextCommands(1, 5, NbdTestCommand.Write);
+        await client.ReadAsync(0, new byte[1]).AsTask().WaitAsync(Bound);
+        server.GetExport().ReadBytes(0, 4096).Should().Equal(data);
+        client.State.Should().Be(NbdClientState.Connected);
+    }
+
+    [Fact]
     public async Task A_server_refusing_a_replayed_write_fails_the_client_with_a_data_loss_error()
     {
         await using var server = await CachingServerAsync();
         await using var client = await NbdClient.ConnectAsync(server.Uri, Fast(64 << 20));
         await client.WriteAsync(0, new byte[4096]);
         server.Faults.DropConnectionAfterRequests(1);
-        server.Faults.FailNextCommands(2, 5, NbdTestCommand.Write, "disk gone");
+        server.Faults.FailNextCommands(3, 5, NbdTestCommand.Write, "disk gone");
         var act = async () => await client.ReadAsync(0, new byte[1]);
         await act.Should().ThrowAsync<NbdDataLossException>().WaitAsync(Bound);
         client.State.Should().Be(NbdClientState.Failed);
