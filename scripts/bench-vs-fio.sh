@@ -23,3 +23,7 @@ for shape in "read 256k 16" "write 256k 16" "randread 4k 32" "randwrite 4k 32"; 
     ours=$("$tool" --uri "$uri" --rw "$1" --bs "$2" --iodepth "$3" --runtime "$runtime")
     echo "$1 bs=$2 qd=$3 | fio/libnbd: $fio_line | ours: $ours"
 done
+# Multi-conn: the same sequential read spread over 4 connections (nbdkit's memory plugin offers CAN_MULTI_CONN),
+# against fio's single-connection figure above.
+echo "read bs=256k qd=16 over 4 connections | ours: $("$tool" --uri "$uri" --rw read --bs 256k --iodepth 16 --connections 4 --runtime "$runtime")"
+

@@ -4,7 +4,7 @@ using NbdAttachment.Client;
 using NbdAttachment.Testing;
 
 // A fio-style load tool for the NBD client. Every loop is bounded by --runtime and by a request cap.
-// Usage: dotnet run -c Release --project tests/NbdAttachment.Benchmarks -- [--uri URI] --rw randread --bs 4k
+// Usage: dotnet run -c Release --project tests/NbdAttachment.Benchmarks -- [--uri URI] --rw randread --bs 4k [--connections N] [--no-journal]
 //        --iodepth 32 --runtime 10 [--size 1g] [--json]
 // Micro-benchmarks (BenchmarkDotNet): dotnet run -c Release --project tests/NbdAttachment.Benchmarks -- micro [--filter *]
 if (args.Length > 0 && args[0] == "micro")
@@ -39,7 +39,7 @@ finally
     }
 }
 
-internal sealed record LoadSettings(string? Uri, string Rw, int BlockSize, int IoDepth, TimeSpan Runtime, long Size, bool Json, long MaxRequests, bool AllocationProfile = false)
+internal sealed record LoadSettings(string? Uri, string Rw, int BlockSize, int IoDepth, TimeSpan Runtime, long Size, bool Json, long MaxRequests, bool AllocationProfile = false, int Connections = 1, bool Journal = true)
 {
     public static LoadSettings Parse(string[] args)
     {
@@ -57,6 +57,8 @@ internal sealed record LoadSettings(string? Uri, string Rw, int BlockSize, int I
                 "--size" => s with { Size = ParseSize(Next()) },
                 "--max-requests" => s with { MaxRequests = long.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture) },
                 "--json" => s with { Json = true },
+                "--connections" => s with { Connections = int.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture) },
+                "--no-journal" => s with { Journal = false },
                 "--alloc-profile" => s with { AllocationProfile = true },
                 _ => throw new ArgumentException($"unknown argument {args[i]}"),
             };
@@ -90,7 +92,13 @@ internal static class LoadRunner
 {
     public static async Task<LoadResult> RunAsync(LoadSettings settings)
     {
-        await using var client = await NbdClient.ConnectAsync(new Uri(settings.Uri!), new NbdClientOptions { MaxInFlightRequests = Math.Max(settings.IoDepth, 1) });
+        await using var client = await NbdClient.ConnectAsync(new Uri(settings.Uri!), new NbdClientOptions
+        {
+            // The in-flight limit is per connection; the workers share them.
+            MaxInFlightRequests = Math.Max((settings.IoDepth + settings.Connections - 1) / settings.Connections, 1),
+            Connections = settings.Connections,
+            WriteJournalCapacity = settings.Journal ? NbdClientOptions.Default.WriteJournalCapacity : 0,
+        });
         var blocks = client.Export.Size / settings.BlockSize;
         var write = settings.Rw.Contains("write", StringComparison.Ordinal);
         var random = settings.Rw.StartsWith("rand", StringComparison.Ordinal);
