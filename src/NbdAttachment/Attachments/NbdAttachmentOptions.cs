@@ -34,6 +34,15 @@ public sealed record NbdAttachmentOptions
     /// <summary>Metadata contexts to negotiate. Default: <c>base:allocation</c>.</summary>
     public IReadOnlyList<string> MetaContexts { get; init; } = ["base:allocation"];
 
+    /// <summary>Connections to spread guest I/O over when the server offers multi-conn. Default: 1. See <see cref="NbdClientOptions.Connections"/>.</summary>
+    public int Connections { get; init; } = 1;
+
+    /// <summary>
+    /// Bytes of acknowledged, unflushed writes kept to write again after a reconnect (a server restart may lose them).
+    /// Default: 64 MiB; 0 disables. See <see cref="NbdClientOptions.WriteJournalCapacity"/>.
+    /// </summary>
+    public long WriteJournalCapacity { get; init; } = NbdClientOptions.Default.WriteJournalCapacity;
+
     /// <summary>Builds the client settings for an attachment with the given timeout; validates them.</summary>
     internal NbdClientOptions ToClientOptions(TimeSpan timeout)
     {
@@ -46,6 +55,8 @@ public sealed record NbdAttachmentOptions
             Tls = Tls,
             LoggerFactory = LoggerFactory,
             MetaContexts = MetaContexts,
+            Connections = Connections,
+            WriteJournalCapacity = WriteJournalCapacity,
         };
         options.Validate();
         return options;

@@ -107,6 +107,10 @@ public sealed class AttachmentTests
         zero.Should().Throw<ArgumentOutOfRangeException>();
         var badOptions = () => new NetworkBlockDeviceStorageDeviceAttachment(new Uri("nbd://localhost/"), TimeSpan.FromSeconds(1), false, DiskSynchronizationMode.Full, new NbdAttachmentOptions { MaxInFlightRequests = 0 });
         badOptions.Should().Throw<ArgumentOutOfRangeException>();
+        var badJournal = () => new NetworkBlockDeviceStorageDeviceAttachment(new Uri("nbd://localhost/"), TimeSpan.FromSeconds(1), false, DiskSynchronizationMode.Full, new NbdAttachmentOptions { WriteJournalCapacity = -1 });
+        badJournal.Should().Throw<ArgumentOutOfRangeException>().WithMessage("*WriteJournalCapacity*");
+        var badConnections = () => new NetworkBlockDeviceStorageDeviceAttachment(new Uri("nbd://localhost/"), TimeSpan.FromSeconds(1), false, DiskSynchronizationMode.Full, new NbdAttachmentOptions { Connections = 0 });
+        badConnections.Should().Throw<ArgumentOutOfRangeException>().WithMessage("*Connections*");
     }
 
     [Fact]
