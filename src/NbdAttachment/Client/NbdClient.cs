@@ -280,11 +280,6 @@ public sealed partial class NbdClient : IAsyncDisposable
         }
 
         Log.Disconnected(_logger, Uri.ToString());
-        foreach (var connection in _connections)
-        {
-            connection.Dispose();
-        }
-
         _closing.Dispose();
     }
 

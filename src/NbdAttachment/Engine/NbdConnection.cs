@@ -10,7 +10,7 @@ namespace NbdAttachment.Engine;
 /// transport session (<see cref="NbdWire"/>). When a wire breaks, the requests it had sent are kept for
 /// replay on the next wire, or failed when the owner gives up (<see cref="Fail"/>).
 /// </summary>
-internal sealed partial class NbdConnection : IDisposable
+internal sealed partial class NbdConnection
 {
     /// <summary>Queued after the last request to make the writer send NBD_CMD_DISC and stop.</summary>
     internal static readonly NbdRequest DisconnectMarker = new(null!, -1);
@@ -173,12 +173,6 @@ internal sealed partial class NbdConnection : IDisposable
 
     /// <summary>Wakes the writer so it notices that its wire stopped.</summary>
     public void WakeWriter() => _queue.Writer.TryWrite(WakeMarker);
-
-    public void Dispose()
-    {
-        // Nothing to release: the table's semaphore has no wait handle, and callers still waiting for a slot
-        // must get one (and then the failure), so it is never disposed.
-    }
 
     /// <summary>Queues one request and returns a task for its reply. Allocation-free when a slot is free.</summary>
     internal ValueTask Submit(NbdCommand command, NbdCommandFlags flags, ulong offset, uint length, ReadOnlyMemory<byte> payload, Memory<byte> readBuffer, CancellationToken cancellationToken, string? context = null, List<NbdExtent>? extents = null)

@@ -205,7 +205,6 @@ public sealed class EngineFuzzTests
         }
 
         await stream.DisposeAsync();
-        connection.Dispose();
         return failure;
     }
 
