@@ -126,7 +126,8 @@ public sealed partial class NbdClient
         foreach (var connection in _connections)
         {
             var wire = connection.CurrentWire;
-            if (wire is not null && connection.InFlight > 0
+            // Any request on the wire counts, the client's own journal replay included.
+            if (wire is not null
                 && Stopwatch.GetElapsedTime(wire.LastReceiveTimestamp) >= timeout && connection.OldestSentAge() >= timeout)
             {
                 wire.Stop(new NbdTimeoutException($"No reply from the server for {timeout.TotalSeconds:0.###} s with requests in flight."));

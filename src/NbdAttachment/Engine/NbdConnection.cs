@@ -265,17 +265,24 @@ internal sealed partial class NbdConnection
     {
         var entries = _journal!.Snapshot();
         var pending = new List<(WriteJournal.Entry Entry, ValueTask Reply)>(RequestTable.InternalSlots);
-        foreach (var entry in entries)
+        try
         {
-            if (pending.Count == RequestTable.InternalSlots || pending.Exists(p => p.Entry.Overlaps(entry)))
+            foreach (var entry in entries)
             {
-                await DrainAsync(wire, pending).ConfigureAwait(false);
-            }
+                if (pending.Count == RequestTable.InternalSlots || pending.Exists(p => p.Entry.Overlaps(entry)))
+                {
+                    await DrainAsync(wire, pending).ConfigureAwait(false);
+                }
 
-            pending.Add((entry, await StartReplayAsync(wire, entry).ConfigureAwait(false)));
+                pending.Add((entry, await StartReplayAsync(wire, entry).ConfigureAwait(false)));
+            }
+        }
+        finally
+        {
+            // Also on failure: every reply sent is awaited, so no internal slot is lost.
+            await DrainAsync(wire, pending).ConfigureAwait(false);
         }
 
-        await DrainAsync(wire, pending).ConfigureAwait(false);
         Diagnostics.Log.JournalReplayed(Logger, entries.Count, _journal.Bytes);
     }
 
@@ -295,10 +302,19 @@ internal sealed partial class NbdConnection
     private async Task DrainAsync(NbdWire wire, List<(WriteJournal.Entry Entry, ValueTask Reply)> pending)
     {
         const int Attempts = 3;
-        await wire.FlushNowAsync().ConfigureAwait(false);
         Exception? failure = null;
+        try
+        {
+            await wire.FlushNowAsync().ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            failure = ex; // the replies are still awaited below: the stopping wire cancels them
+        }
+
         foreach (var (entry, first) in pending)
         {
+            // Every reply is awaited whatever happens, so each internal slot is given back.
             var reply = first;
             for (var attempt = 1; ; attempt++)
             {
@@ -307,17 +323,40 @@ internal sealed partial class NbdConnection
                     await reply.ConfigureAwait(false);
                     break;
                 }
-                catch (NbdServerException) when (attempt < Attempts)
-                {
-                    reply = await StartReplayAsync(wire, entry).ConfigureAwait(false);
-                    await wire.FlushNowAsync().ConfigureAwait(false);
-                }
-                catch (NbdServerException ex)
+                catch (NbdServerException ex) when (attempt >= Attempts)
                 {
                     failure ??= new NbdDataLossException(
                         $"After reconnecting, the acknowledged but unflushed write of {entry.Length} bytes at offset {entry.Offset} could not be written again ({Attempts} attempts): {ex.Message}",
                         ex);
                     break;
+                }
+                catch (NbdServerException)
+                {
+                    // Tried again below.
+                }
+                catch (Exception ex)
+                {
+                    failure ??= ex; // the wire is stopping
+                    break;
+                }
+
+                try
+                {
+                    reply = await StartReplayAsync(wire, entry).ConfigureAwait(false);
+                }
+                catch (Exception ex)
+                {
+                    failure ??= ex;
+                    break;
+                }
+
+                try
+                {
+                    await wire.FlushNowAsync().ConfigureAwait(false);
+                }
+                catch (Exception ex)
+                {
+                    failure ??= ex; // the reply is still awaited: the stopping wire cancels it
                 }
             }
         }

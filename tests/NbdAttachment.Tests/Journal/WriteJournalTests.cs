@@ -146,6 +146,20 @@ public sealed class WriteJournalTests
     }
 
     [Fact]
+    public async Task A_server_that_stalls_during_the_replay_is_caught_by_the_request_timeout()
+    {
+        await using var server = await CachingServerAsync();
+        await using var client = await NbdClient.ConnectAsync(server.Uri, Fast(64 << 20) with { RequestTimeout = TimeSpan.FromMilliseconds(300) });
+        var data = Pattern(4096, 4);
+        await client.WriteAsync(0, data);
+        server.Faults.DropConnectionAfterRequests(1);
+        server.Faults.ReorderReplies(2); // the server holds the single replayed write's reply, waiting for a second
+        await client.ReadAsync(0, new byte[1]).AsTask().WaitAsync(Bound);
+        client.ReconnectCount.Should().BeGreaterThanOrEqualTo(2);
+        server.GetExport().ReadBytes(0, 4096).Should().Equal(data);
+    }
+
+    [Fact]
     public async Task A_server_refusing_a_replayed_write_fails_the_client_with_a_data_loss_error()
     {
         await using var server = await CachingServerAsync();
