@@ -7,9 +7,9 @@ namespace NbdAttachment.Engine;
 
 /// <summary>
 /// One request slot: a pooled, reusable <see cref="IValueTaskSource"/>. Completion is queued to the thread pool
-/// (the request is its own work item), so user code never runs on the read loop and nothing is allocated. A slot is owned by the caller (until it reads the result) and by
-/// the wire (until the server's reply is complete, or the request is dropped before it was sent); it returns
-/// to the free list when both have let go.
+/// (the request is its own work item), so user code never runs on the read loop and nothing is allocated.
+/// A slot is owned by the caller (until it reads the result) and by the wire (until the server's reply is
+/// complete, or the request is dropped before it was sent); it returns to the free list when both have let go.
 /// </summary>
 internal sealed class NbdRequest : IValueTaskSource, IThreadPoolWorkItem
 {
