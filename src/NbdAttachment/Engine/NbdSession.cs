@@ -72,13 +72,23 @@ internal static class NbdSession
         try
         {
             stream = await NbdTransport.ConnectAsync(uri, timeout.Token).ConfigureAwait(false);
+
+            // The socket blocks (see BlockingSocketStream): negotiate on a pool thread, never the caller's, and
+            // close the socket when the caller cancels or the connect timeout fires, which ends any blocked call.
+            await using var unblock = timeout.Token.UnsafeRegister(static s => ((Stream)s!).Dispose(), stream).ConfigureAwait(false);
             negotiator = new NbdNegotiator(stream, uri, options, logger);
-            var result = await action(negotiator, timeout.Token).ConfigureAwait(false);
+            var result = await Task.Run(() => action(negotiator, timeout.Token).AsTask(), CancellationToken.None).ConfigureAwait(false);
             return (negotiator.Stream, result);
         }
-        catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested)
+        catch (Exception ex) when (timeout.IsCancellationRequested)
         {
             await DisposeAsync(negotiator?.Stream ?? stream).ConfigureAwait(false);
+            if (cancellationToken.IsCancellationRequested)
+            {
+                Log.ConnectFailed(logger, uri.ToString(), ex);
+                throw ex as OperationCanceledException ?? new OperationCanceledException("Connecting was cancelled.", ex, cancellationToken);
+            }
+
             var error = new NbdTimeoutException($"Connecting to {uri} did not finish within {options.ConnectTimeout.TotalSeconds:0.###} s.", ex);
             Log.ConnectFailed(logger, uri.ToString(), error);
             throw error;

@@ -56,7 +56,8 @@ internal sealed partial class NbdWire : IAsyncDisposable
     /// <param name="prelude">Runs on the writer before anything else is sent (journal replay); may be null.</param>
     public async Task<Exception?> RunAsync(IReadOnlyList<NbdRequest> replay, Func<NbdWire, Task>? prelude)
     {
-        var readTask = Task.Run(ReadLoopAsync);
+        // The reader blocks in recv() (see BlockingSocketStream), so it gets a thread of its own.
+        var readTask = Task.Factory.StartNew(ReadLoopAsync, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
         var writeTask = Task.Run(() => WriteLoopAsync(replay, prelude));
         var first = await Task.WhenAny(readTask, writeTask).ConfigureAwait(false);
         await first.ConfigureAwait(false);

@@ -67,8 +67,8 @@ internal static class NbdTransport
     {
         try
         {
-            await socket.ConnectAsync(endPoint, cancellationToken).ConfigureAwait(false);
-            return new NetworkStream(socket, ownsSocket: true);
+            await ConnectBlockingAsync(socket, endPoint, cancellationToken).ConfigureAwait(false);
+            return new BlockingSocketStream(socket);
         }
         catch (SocketException ex)
         {
@@ -79,6 +79,24 @@ internal static class NbdTransport
         {
             socket.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// Connects with a blocking call on a pool thread, so the socket never meets the socket event engine (see
+    /// <see cref="BlockingSocketStream"/>; a socket once made non-blocking stays so underneath). Cancelling closes
+    /// the socket, which ends the blocked connect.
+    /// </summary>
+    private static async ValueTask ConnectBlockingAsync(Socket socket, EndPoint endPoint, CancellationToken cancellationToken)
+    {
+        using var unblock = cancellationToken.UnsafeRegister(static s => ((Socket)s!).Dispose(), socket);
+        try
+        {
+            await Task.Run(() => socket.Connect(endPoint), CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (cancellationToken.IsCancellationRequested && ex is SocketException or ObjectDisposedException)
+        {
+            throw new OperationCanceledException("Connecting was cancelled.", ex, cancellationToken);
         }
     }
 

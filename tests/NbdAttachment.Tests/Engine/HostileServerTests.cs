@@ -46,6 +46,21 @@ public sealed class HostileServerTests
     }
 
     [Fact]
+    public async Task Cancelling_a_connect_to_a_silent_server_ends_the_blocked_receive()
+    {
+        await using var server = ScriptedServer.Start(c => Task.Delay(Timeout.Infinite, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(8)));
+        using var cancel = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+        var started = System.Diagnostics.Stopwatch.StartNew();
+        var connect = NbdClient.ConnectAsync(server.Uri, NoReconnect, cancel.Token);
+
+        // The socket blocks, but never the caller's thread: ConnectAsync returns while the handshake waits.
+        started.Elapsed.Should().BeLessThan(TimeSpan.FromSeconds(1));
+        var act = async () => await connect;
+        await act.Should().ThrowAsync<OperationCanceledException>().WaitAsync(Bound);
+        started.Elapsed.Should().BeLessThan(TimeSpan.FromSeconds(4.5), "cancellation closes the socket; the connect timeout is 5 s");
+    }
+
+    [Fact]
     public async Task Option_reply_with_bad_magic_is_a_protocol_error()
     {
         await using var server = ScriptedServer.Start(async c =>
