@@ -6,6 +6,9 @@ internal sealed class AllocationSampler : EventListener
 {
     private readonly ConcurrentDictionary<string, int> _types = new();
 
+    /// <summary>Samples are counted only while this is set (the measured phase, after warm-up).</summary>
+    public static volatile bool Measuring;
+
     public IEnumerable<KeyValuePair<string, int>> Top(int count) => _types.OrderByDescending(p => p.Value).Take(count);
 
     protected override void OnEventSourceCreated(EventSource eventSource)
@@ -18,7 +21,7 @@ internal sealed class AllocationSampler : EventListener
 
     protected override void OnEventWritten(EventWrittenEventArgs eventData)
     {
-        if (eventData.EventName?.StartsWith("GCAllocationTick", StringComparison.Ordinal) == true && eventData.Payload is { } payload)
+        if (Measuring && eventData.EventName?.StartsWith("GCAllocationTick", StringComparison.Ordinal) == true && eventData.Payload is { } payload)
         {
             var index = eventData.PayloadNames!.IndexOf("TypeName");
             if (index >= 0 && payload[index] is string type)

@@ -103,8 +103,16 @@ internal static class LoadRunner
         var write = settings.Rw.Contains("write", StringComparison.Ordinal);
         var random = settings.Rw.StartsWith("rand", StringComparison.Ordinal);
 
+        // One buffer per worker, made before measuring so the tool's own allocations stay out of the figure.
+        var buffers = new byte[settings.IoDepth][];
+        for (var w = 0; w < buffers.Length; w++)
+        {
+            buffers[w] = new byte[settings.BlockSize];
+            new Random(w).NextBytes(buffers[w]);
+        }
+
         // Warm up (JIT, pools), then measure.
-        await RunPhaseAsync(client, settings, blocks, write, random, TimeSpan.FromSeconds(Math.Min(2, settings.Runtime.TotalSeconds / 5)), null);
+        await RunPhaseAsync(client, settings, buffers, blocks, write, random, TimeSpan.FromSeconds(Math.Min(2, settings.Runtime.TotalSeconds / 5)), null);
         var latencies = new long[settings.IoDepth][];
         for (var i = 0; i < latencies.Length; i++)
         {
@@ -113,10 +121,12 @@ internal static class LoadRunner
 
         GC.Collect();
         var allocatedBefore = GC.GetTotalAllocatedBytes(precise: true);
+        AllocationSampler.Measuring = true;
         var stopwatch = Stopwatch.StartNew();
-        var counts = await RunPhaseAsync(client, settings, blocks, write, random, settings.Runtime, latencies);
+        var counts = await RunPhaseAsync(client, settings, buffers, blocks, write, random, settings.Runtime, latencies);
         var seconds = stopwatch.Elapsed.TotalSeconds;
         var allocated = GC.GetTotalAllocatedBytes(precise: true) - allocatedBefore;
+        AllocationSampler.Measuring = false;
 
         var operations = counts.Sum();
         var all = new List<long>((int)Math.Min(operations, int.MaxValue));
@@ -131,7 +141,7 @@ internal static class LoadRunner
             operations * (double)settings.BlockSize / seconds / (1 << 20), Percentile(0.50), Percentile(0.99), (double)allocated / Math.Max(operations, 1));
     }
 
-    private static async Task<long[]> RunPhaseAsync(NbdClient client, LoadSettings settings, long blocks, bool write, bool random, TimeSpan duration, long[][]? latencies)
+    private static async Task<long[]> RunPhaseAsync(NbdClient client, LoadSettings settings, byte[][] buffers, long blocks, bool write, bool random, TimeSpan duration, long[][]? latencies)
     {
         var counts = new long[settings.IoDepth];
         var deadline = Stopwatch.GetTimestamp() + (long)(duration.TotalSeconds * Stopwatch.Frequency);
@@ -142,8 +152,7 @@ internal static class LoadRunner
             var worker = w;
             workers[w] = Task.Run(async () =>
             {
-                var buffer = new byte[settings.BlockSize];
-                new Random(worker).NextBytes(buffer);
+                var buffer = buffers[worker];
                 var rng = new Random(worker * 7919);
                 var next = worker * (blocks / settings.IoDepth);
                 long done = 0;

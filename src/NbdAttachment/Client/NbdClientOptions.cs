@@ -51,7 +51,8 @@ public sealed record NbdClientOptions
     /// <summary>
     /// Bytes of writes the server acknowledged but has not made durable (no FLUSH or FUA since) that the client
     /// keeps copies of, to write them again after a reconnect in case the server restarted and lost its cache.
-    /// Past this size the client sends a FLUSH of its own to empty the journal. Only used when the export offers
+    /// From half this size the client sends a FLUSH of its own to empty the journal, so that writes acknowledged
+    /// while the flush is on its way still fit. Only used when the export offers
     /// FLUSH. Default: 64 MiB. 0 disables the journal (a server restart may then silently lose unflushed writes).
     /// </summary>
     public long WriteJournalCapacity { get; init; } = 64L << 20;

@@ -196,6 +196,7 @@ internal sealed partial class NbdConnection
         return SubmitSlowAsync(rent, command, flags, offset, length, payload, readBuffer, cancellationToken, context, extents);
     }
 
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask SubmitSlowAsync(ValueTask<NbdRequest> rent, NbdCommand command, NbdCommandFlags flags, ulong offset, uint length, ReadOnlyMemory<byte> payload, Memory<byte> readBuffer, CancellationToken cancellationToken, string? context, List<NbdExtent>? extents)
     {
         var request = await rent.ConfigureAwait(false);
@@ -210,7 +211,7 @@ internal sealed partial class NbdConnection
             if (command is NbdCommand.Write or NbdCommand.WriteZeroes or NbdCommand.Trim)
             {
                 request.AttachJournal(journal, journal.Record(command, (long)offset, length, payload.Span), 0);
-                if (journal.Bytes > journal.Capacity)
+                if (journal.Bytes > journal.Capacity / 2)
                 {
                     StartEarlyFlush();
                 }
@@ -223,12 +224,17 @@ internal sealed partial class NbdConnection
 
         var task = new ValueTask(request, request.Version);
         request.RegisterCancellation(cancellationToken);
+        Post(request);
+        return task;
+    }
+
+    /// <summary>Hands a prepared request to the writer; fails it at once when the connection is closed.</summary>
+    private void Post(NbdRequest request)
+    {
         if (!_queue.Writer.TryWrite(request))
         {
             request.Complete(Failure ?? new ObjectDisposedException(nameof(NbdClient), "The NBD connection is closed."));
         }
-
-        return task;
     }
 
     /// <summary>The journal passed its capacity: flush once in the background so the server makes it durable.</summary>
@@ -244,7 +250,14 @@ internal sealed partial class NbdConnection
     {
         try
         {
-            await Submit(NbdCommand.Flush, NbdCommandFlags.None, 0, 0, default, default, CancellationToken.None).ConfigureAwait(false);
+            // One of the client's own slots: a caller's slot would make a caller wait for every flush.
+            var request = await _table.RentInternalAsync(CancellationToken.None).ConfigureAwait(false);
+            request.Prepare(NbdCommand.Flush, NbdCommandFlags.None, 0, 0, default, default);
+            request.IsInternal = true;
+            request.AttachJournal(_journal!, null, _journal!.Watermark);
+            var reply = new ValueTask(request, request.Version);
+            Post(request);
+            await reply.ConfigureAwait(false);
         }
 #pragma warning disable CA1031 // A failed early flush is retried at the next write past capacity; the error reaches callers through their own requests.
         catch (Exception)

@@ -210,21 +210,30 @@ internal sealed class NbdRequest : IValueTaskSource, IThreadPoolWorkItem
             }
         }
 
+        // Outside the lock: disposing waits for a cancellation callback already running, which takes the lock.
+        // Waiting here also keeps that callback from outliving this use of the slot. From now on (state Done) a
+        // cancellation changes nothing, so Abandoned is settled.
+        _registration.Dispose();
+        _registration = default;
+        bool abandoned;
         lock (this)
         {
-            if (!Abandoned)
+            abandoned = Abandoned;
+        }
+
+        var moved = Command is NbdCommand.Read or NbdCommand.Write ? Length : 0;
+        var outcome = abandoned ? Diagnostics.NbdMeter.Cancelled : error is null ? Diagnostics.NbdMeter.Ok : Diagnostics.NbdMeter.Failed;
+        Diagnostics.NbdMeter.RecordCompletion(NbdNames.Command(Command), moved, StartTimestamp, outcome);
+
+        // Tell the caller last, and let go right after, so the slot is free by the time the caller submits again.
+        if (!abandoned)
+        {
+            lock (this)
             {
                 SignalOrDefer(error);
             }
         }
 
-        // Outside the lock: disposing waits for a cancellation callback already running, which takes the lock.
-        // Waiting here also keeps that callback from outliving this use of the slot.
-        _registration.Dispose();
-        _registration = default;
-        var moved = Command is NbdCommand.Read or NbdCommand.Write ? Length : 0;
-        var outcome = Abandoned ? Diagnostics.NbdMeter.Cancelled : error is null ? Diagnostics.NbdMeter.Ok : Diagnostics.NbdMeter.Failed;
-        Diagnostics.NbdMeter.RecordCompletion(NbdNames.Command(Command), moved, StartTimestamp, outcome);
         ReleaseOwner();
     }
 

@@ -73,11 +73,12 @@ internal static class NbdSession
         {
             stream = await NbdTransport.ConnectAsync(uri, timeout.Token).ConfigureAwait(false);
 
-            // The socket blocks (see BlockingSocketStream): negotiate on a pool thread, never the caller's, and
-            // close the socket when the caller cancels or the connect timeout fires, which ends any blocked call.
+            // The socket blocks (see BlockingSocketStream): negotiate on a thread of its own, neither the caller's
+            // nor a pool thread (many connects at once would starve the pool), and close the socket when the
+            // caller cancels or the connect timeout fires, which ends any blocked call.
             await using var unblock = timeout.Token.UnsafeRegister(static s => ((Stream)s!).Dispose(), stream).ConfigureAwait(false);
             negotiator = new NbdNegotiator(stream, uri, options, logger);
-            var result = await Task.Run(() => action(negotiator, timeout.Token).AsTask(), CancellationToken.None).ConfigureAwait(false);
+            var result = await NbdTransport.RunBlockingAsync(() => action(negotiator, timeout.Token).AsTask()).ConfigureAwait(false);
             return (negotiator.Stream, result);
         }
         catch (Exception ex) when (timeout.IsCancellationRequested)

@@ -23,6 +23,7 @@ internal sealed partial class NbdWire : IAsyncDisposable
     private readonly IReadOnlyDictionary<string, uint> _contextIds;
     private readonly RequestTable _table;
     private readonly CancellationTokenSource _stop = new();
+    private readonly SegmentPool _segments = new();
     private Exception? _firstError;
     private int _disconnectSent;
 
@@ -36,8 +37,8 @@ internal sealed partial class NbdWire : IAsyncDisposable
         _contextIds = negotiated.MetaContextIds;
         _owner = owner;
         _table = owner.Table;
-        _reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 16 * 1024, leaveOpen: true));
-        _writer = PipeWriter.Create(stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024, leaveOpen: true));
+        _reader = PipeReader.Create(stream, new StreamPipeReaderOptions(_segments, SegmentPool.BlockSize, minimumReadSize: 16 * 1024, leaveOpen: true));
+        _writer = PipeWriter.Create(stream, new StreamPipeWriterOptions(_segments, SegmentPool.BlockSize, leaveOpen: true));
     }
 
     public NbdExportInfo Export { get; }
@@ -57,7 +58,7 @@ internal sealed partial class NbdWire : IAsyncDisposable
     public async Task<Exception?> RunAsync(IReadOnlyList<NbdRequest> replay, Func<NbdWire, Task>? prelude)
     {
         // The reader blocks in recv() (see BlockingSocketStream), so it gets a thread of its own.
-        var readTask = Task.Factory.StartNew(ReadLoopAsync, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
+        var readTask = Transport.NbdTransport.RunBlockingAsync(ReadLoopAsync);
         var writeTask = Task.Run(() => WriteLoopAsync(replay, prelude));
         var first = await Task.WhenAny(readTask, writeTask).ConfigureAwait(false);
         await first.ConfigureAwait(false);
@@ -112,5 +113,6 @@ internal sealed partial class NbdWire : IAsyncDisposable
         }
 
         _stop.Dispose();
+        _segments.Dispose();
     }
 }

@@ -12,8 +12,8 @@ internal sealed class RequestTable
     private readonly NbdRequest[] _slots;
     private readonly Stack<NbdRequest> _free;
     private readonly Stack<NbdRequest> _internalFree;
-    private readonly SemaphoreSlim _available;
-    private readonly SemaphoreSlim _internalAvailable = new(InternalSlots, InternalSlots);
+    private readonly SlotGate _available;
+    private readonly SlotGate _internalAvailable = new(InternalSlots);
     private readonly object _lock = new();
 
     public RequestTable(int capacity)
@@ -28,7 +28,7 @@ internal sealed class RequestTable
             (i < capacity ? _free : _internalFree).Push(_slots[i]);
         }
 
-        _available = new SemaphoreSlim(capacity, capacity);
+        _available = new SlotGate(capacity);
     }
 
     /// <summary>Slots for callers' requests (the in-flight limit).</summary>
@@ -58,7 +58,7 @@ internal sealed class RequestTable
 
     public ValueTask<NbdRequest> RentAsync(CancellationToken cancellationToken)
     {
-        if (_available.Wait(0, CancellationToken.None))
+        if (_available.TryTake())
         {
             return new ValueTask<NbdRequest>(Pop());
         }
@@ -113,6 +113,7 @@ internal sealed class RequestTable
         }
     }
 
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<NbdRequest> RentSlowAsync(CancellationToken cancellationToken)
     {
         await _available.WaitAsync(cancellationToken).ConfigureAwait(false);

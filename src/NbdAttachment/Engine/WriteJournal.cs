@@ -7,8 +7,8 @@ namespace NbdAttachment.Engine;
 /// A server that restarts may lose the ones it had not made durable; after a reconnect they are all sent again,
 /// in the order the server acknowledged them, before anything else is sent. FUA writes are kept too: they are
 /// durable, but replaying an older write over them would undo them. Copies live in buffers the journal keeps
-/// for reuse (power-of-two sizes, up to about twice its capacity), so steady-state writing allocates nothing. A completed FLUSH drops every entry acknowledged
-/// before it was submitted. Buffers are rented from the shared pool, so the journal allocates nothing per write.
+/// for reuse (power-of-two sizes, up to about twice its capacity), so steady-state writing allocates nothing.
+/// A completed FLUSH drops every entry acknowledged before it was submitted.
 /// </summary>
 internal sealed class WriteJournal
 {

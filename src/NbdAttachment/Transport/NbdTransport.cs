@@ -92,13 +92,28 @@ internal static class NbdTransport
         using var unblock = cancellationToken.UnsafeRegister(static s => ((Socket)s!).Dispose(), socket);
         try
         {
-            await Task.Run(() => socket.Connect(endPoint), CancellationToken.None).ConfigureAwait(false);
+            await RunBlockingAsync(() =>
+            {
+                socket.Connect(endPoint);
+                return Task.CompletedTask;
+            }).ConfigureAwait(false);
         }
         catch (Exception ex) when (cancellationToken.IsCancellationRequested && ex is SocketException or ObjectDisposedException)
         {
             throw new OperationCanceledException("Connecting was cancelled.", ex, cancellationToken);
         }
     }
+
+    /// <summary>
+    /// Runs work that blocks in socket calls on a thread of its own rather than a pool thread, so that many
+    /// connects at once cannot starve the thread pool that the rest of the process (and servers in it) rely on.
+    /// </summary>
+    public static Task<T> RunBlockingAsync<T>(Func<Task<T>> work) =>
+        Task.Factory.StartNew(work, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
+
+    /// <inheritdoc cref="RunBlockingAsync{T}(Func{Task{T}})"/>
+    public static Task RunBlockingAsync(Func<Task> work) =>
+        Task.Factory.StartNew(work, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
 
     private static string FormatHost(IPAddress address) =>
         address.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{address}]" : address.ToString();
