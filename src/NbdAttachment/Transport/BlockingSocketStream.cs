@@ -1,4 +1,5 @@
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 
 namespace NbdAttachment.Transport;
 
@@ -12,6 +13,8 @@ namespace NbdAttachment.Transport;
 internal sealed class BlockingSocketStream : Stream
 {
     private readonly Socket _socket;
+    private readonly byte[] _head = new byte[64];
+    private readonly ArraySegment<byte>[] _gather = new ArraySegment<byte>[2];
     private int _disposed;
 
     /// <param name="socket">A connected socket in blocking mode; the stream owns it.</param>
@@ -77,6 +80,46 @@ internal sealed class BlockingSocketStream : Stream
     }
 
     public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+
+    /// <summary>
+    /// Writes <paramref name="head"/> then <paramref name="body"/> with one gathered send when the body is an
+    /// array (the usual case), so a request header and its payload leave in one system call.
+    /// </summary>
+    public void Write(ReadOnlySpan<byte> head, ReadOnlyMemory<byte> body)
+    {
+        if (head.Length > _head.Length || !MemoryMarshal.TryGetArray(body, out var payload))
+        {
+            Write(head);
+            Write(body.Span);
+            return;
+        }
+
+        head.CopyTo(_head);
+        _gather[0] = new ArraySegment<byte>(_head, 0, head.Length);
+        _gather[1] = payload;
+        int sent;
+        try
+        {
+            sent = _socket.Send(_gather);
+        }
+        catch (SocketException ex)
+        {
+            throw new IOException($"Unable to write data to the transport connection: {ex.Message}", ex);
+        }
+        finally
+        {
+            _gather[1] = default; // do not keep the caller's array alive
+        }
+
+        // A blocking send normally takes everything; finish by hand if it did not.
+        if (sent < head.Length)
+        {
+            Write(head[sent..]);
+            sent = head.Length;
+        }
+
+        Write(body.Span[(sent - head.Length)..]);
+    }
 
     public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
