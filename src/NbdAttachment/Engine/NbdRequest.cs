@@ -30,6 +30,7 @@ internal sealed class NbdRequest : IValueTaskSource, IThreadPoolWorkItem
     private WriteJournal? _journal;
     private WriteJournal.Entry? _journalEntry;
     private long _watermark;
+    private int _extentsBase;
     private bool _hasDeferred;
     private Exception? _deferred;
     private Exception? _outcome;
@@ -94,6 +95,7 @@ internal sealed class NbdRequest : IValueTaskSource, IThreadPoolWorkItem
         Error = null;
         Covered = 0;
         Extents = extents;
+        _extentsBase = extents?.Count ?? 0;
         _journal = null;
         _journalEntry = null;
         IsInternal = false;
@@ -178,8 +180,29 @@ internal sealed class NbdRequest : IValueTaskSource, IThreadPoolWorkItem
         }
     }
 
-    /// <summary>A broken wire hands a sent request back for replay on the next connection.</summary>
-    public bool TryRequeue() => Interlocked.CompareExchange(ref _state, StateQueued, StateSent) == StateSent;
+    /// <summary>
+    /// A broken wire hands a sent request back for replay on the next connection. What the broken wire had
+    /// received of its reply is forgotten: the replay's reply starts over.
+    /// </summary>
+    public bool TryRequeue()
+    {
+        if (Interlocked.CompareExchange(ref _state, StateQueued, StateSent) != StateSent)
+        {
+            return false;
+        }
+
+        lock (this)
+        {
+            Error = null;
+            Covered = 0;
+            if (Extents is { } extents && !Abandoned && extents.Count > _extentsBase)
+            {
+                extents.RemoveRange(_extentsBase, extents.Count - _extentsBase);
+            }
+        }
+
+        return true;
+    }
 
     /// <summary>Completes the request (null error = success) and releases the wire's ownership.</summary>
     public void Complete(Exception? error)

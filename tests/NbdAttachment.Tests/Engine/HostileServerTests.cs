@@ -61,6 +61,29 @@ public sealed class HostileServerTests
     }
 
     [Fact]
+    public async Task A_server_that_stops_reading_cannot_hold_dispose_or_a_thread()
+    {
+        // Negotiates, then never reads: the client's sends fill the socket buffers and its writer blocks in send().
+        await using var server = ScriptedServer.Start(async c =>
+        {
+            await c.NegotiateAsync(size: 64 << 20);
+            await Task.Delay(Timeout.Infinite, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(15));
+        });
+        var client = await NbdClient.ConnectAsync(server.Uri, NoReconnect with { DrainTimeout = TimeSpan.FromMilliseconds(200) });
+        var payload = new byte[1 << 20];
+        var writes = Enumerable.Range(0, 16).Select(i => client.WriteAsync(i * (long)payload.Length, payload).AsTask()).ToArray();
+        await Task.Delay(300); // long enough for the sends to stall
+
+        var started = System.Diagnostics.Stopwatch.StartNew();
+        await client.DisposeAsync().AsTask().WaitAsync(Bound);
+        started.Elapsed.Should().BeLessThan(TimeSpan.FromSeconds(5), "disposing closes the socket, which wakes the blocked send");
+        foreach (var write in writes)
+        {
+            await FluentActions.Awaiting(() => write.WaitAsync(Bound)).Should().ThrowAsync<Exception>();
+        }
+    }
+
+    [Fact]
     public async Task Option_reply_with_bad_magic_is_a_protocol_error()
     {
         await using var server = ScriptedServer.Start(async c =>

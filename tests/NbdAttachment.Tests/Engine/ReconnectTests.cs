@@ -143,4 +143,32 @@ public sealed class ReconnectTests
 
         NbdReconnectPolicy.Disabled.GetDelay(1, TimeSpan.Zero).Should().BeNull();
     }
+
+    [Fact]
+    public async Task A_reply_cut_short_by_a_lost_connection_is_forgotten_when_the_read_is_replayed()
+    {
+        // First connection: half of the read's data chunks, then the connection drops. Second: the whole reply.
+        // The replay must count only the second reply (it once added both and failed as over-covered).
+        var connections = 0;
+        await using var server = ScriptedServer.Start(async c =>
+        {
+            var first = Interlocked.Increment(ref connections) == 1;
+            await c.NegotiateAsync(size: 1 << 20);
+            var r = await c.ReadRequestAsync();
+            var half = (int)r.Length / 2;
+            await c.SendChunkAsync(r.Cookie, 1, Bytes.U64(r.Offset).Raw(Enumerable.Repeat((byte)7, half).ToArray()).Build(), done: false);
+            if (first)
+            {
+                return; // the connection closes with the reply half done
+            }
+
+            await c.SendChunkAsync(r.Cookie, 1, Bytes.U64(r.Offset + (ulong)half).Raw(Enumerable.Repeat((byte)7, (int)r.Length - half).ToArray()).Build());
+            await c.ReadRequestAsync(); // NBD_CMD_DISC
+        });
+        await using var client = await NbdClient.ConnectAsync(server.Uri, Fast);
+        var buffer = new byte[8192];
+        await client.ReadAsync(0, buffer).AsTask().WaitAsync(TimeSpan.FromSeconds(10));
+        buffer.Should().AllBeEquivalentTo((byte)7);
+        connections.Should().Be(2);
+    }
 }
