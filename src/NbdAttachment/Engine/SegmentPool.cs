@@ -4,8 +4,8 @@ namespace NbdAttachment.Engine;
 
 /// <summary>
 /// The memory of one wire's pipes: fixed-size blocks kept for reuse, each with its own reusable owner object, so
-/// renting a pipe segment allocates nothing once the pool is warm. The shared array pool allocates when a block
-/// is rented on one thread and returned on another often enough; the wire's reader and writer do exactly that.
+/// renting a pipe segment allocates nothing once the pool is warm, whichever threads rent and return it (the
+/// shared array pool keeps only a few arrays per thread and core, and allocates past that).
 /// </summary>
 internal sealed class SegmentPool : MemoryPool<byte>
 {

@@ -83,7 +83,7 @@ internal static class NbdTransport
     }
 
     /// <summary>
-    /// Connects with a blocking call on a pool thread, so the socket never meets the socket event engine (see
+    /// Connects with a blocking call on a thread of its own, so the socket never meets the socket event engine (see
     /// <see cref="BlockingSocketStream"/>; a socket once made non-blocking stays so underneath). Cancelling closes
     /// the socket, which ends the blocked connect.
     /// </summary>
