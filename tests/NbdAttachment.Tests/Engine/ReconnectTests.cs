@@ -171,4 +171,28 @@ public sealed class ReconnectTests
         buffer.Should().AllBeEquivalentTo((byte)7);
         connections.Should().Be(2);
     }
+
+    [Fact]
+    public async Task Block_status_replayed_after_a_cut_reply_lists_each_extent_once()
+    {
+        // First connection: the extents chunk without the final flag, then the connection drops; second: the
+        // whole reply. The caller's list must hold the second reply's extents only.
+        var connections = 0;
+        await using var server = ScriptedServer.Start(async c =>
+        {
+            var first = Interlocked.Increment(ref connections) == 1;
+            await c.NegotiateAsync(size: 1 << 20);
+            var r = await c.ReadRequestAsync();
+            var extents = Bytes.U32(1).U32(r.Length / 2).U32(0).U32(r.Length / 2).U32(3).Build();
+            await c.SendChunkAsync(r.Cookie, 5, extents, done: !first);
+            if (!first)
+            {
+                await c.ReadRequestAsync(); // NBD_CMD_DISC
+            }
+        });
+        await using var client = await NbdClient.ConnectAsync(server.Uri, Fast);
+        var status = await client.GetBlockStatusAsync(0, 65536).AsTask().WaitAsync(TimeSpan.FromSeconds(10));
+        status.Select(e => (e.Offset, e.Length)).Should().Equal((0L, 32768L), (32768L, 32768L));
+        connections.Should().Be(2);
+    }
 }
