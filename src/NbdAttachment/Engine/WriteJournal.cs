@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Numerics;
 
 namespace NbdAttachment.Engine;
@@ -12,7 +13,8 @@ namespace NbdAttachment.Engine;
 /// </summary>
 internal sealed class WriteJournal
 {
-    private readonly object _lock = new();
+    private readonly object _ackLock = new(); // _acknowledged, _sequence
+    private readonly object _poolLock = new(); // _spare, _buffers, _pooledBytes
     private readonly List<Entry> _acknowledged = [];
     private readonly Stack<Entry> _spare = new();
     private readonly Stack<byte[]>[] _buffers = Enumerable.Range(0, 32).Select(_ => new Stack<byte[]>()).ToArray();
@@ -33,7 +35,7 @@ internal sealed class WriteJournal
     {
         get
         {
-            lock (_lock)
+            lock (_ackLock)
             {
                 return _acknowledged.Count;
             }
@@ -55,7 +57,7 @@ internal sealed class WriteJournal
         }
 
         Entry? entry;
-        lock (_lock)
+        lock (_poolLock)
         {
             _spare.TryPop(out entry);
         }
@@ -68,7 +70,7 @@ internal sealed class WriteJournal
     /// <summary>The server acknowledged the write: keep it until a flush covers it.</summary>
     public void Acknowledge(Entry entry)
     {
-        lock (_lock)
+        lock (_ackLock)
         {
             entry.Sequence = ++_sequence;
             _acknowledged.Add(entry);
@@ -81,23 +83,44 @@ internal sealed class WriteJournal
     /// <summary>A flush submitted at <paramref name="watermark"/> completed: every entry acknowledged before it is durable.</summary>
     public void FlushCompleted(long watermark)
     {
-        lock (_lock)
+        // Cut the covered entries out under the acknowledgement lock, then recycle them under the pool lock, so
+        // the reader acknowledging replies meanwhile never waits for thousands of entries to be recycled.
+        Entry[] done;
+        int count;
+        lock (_ackLock)
         {
-            var count = 0;
+            count = 0;
             while (count < _acknowledged.Count && _acknowledged[count].Sequence <= watermark)
             {
-                ReturnLocked(_acknowledged[count]);
                 count++;
             }
 
+            if (count == 0)
+            {
+                return;
+            }
+
+            done = ArrayPool<Entry>.Shared.Rent(count);
+            _acknowledged.CopyTo(0, done, 0, count);
             _acknowledged.RemoveRange(0, count);
         }
+
+        lock (_poolLock)
+        {
+            for (var i = 0; i < count; i++)
+            {
+                ReturnLocked(done[i]);
+            }
+        }
+
+        Array.Clear(done, 0, count);
+        ArrayPool<Entry>.Shared.Return(done);
     }
 
     /// <summary>The acknowledged entries, oldest acknowledgement first, for replay.</summary>
     public List<Entry> Snapshot()
     {
-        lock (_lock)
+        lock (_ackLock)
         {
             return [.. _acknowledged];
         }
@@ -106,7 +129,7 @@ internal sealed class WriteJournal
     private byte[] RentBuffer(int length)
     {
         var size = (int)BitOperations.RoundUpToPowerOf2((uint)Math.Max(length, 4096));
-        lock (_lock)
+        lock (_poolLock)
         {
             if (_buffers[BitOperations.Log2((uint)size)].TryPop(out var buffer))
             {
@@ -120,7 +143,7 @@ internal sealed class WriteJournal
 
     private void Return(Entry entry)
     {
-        lock (_lock)
+        lock (_poolLock)
         {
             ReturnLocked(entry);
         }

@@ -48,7 +48,8 @@ public sealed class HostileServerTests
     [Fact]
     public async Task Cancelling_a_connect_to_a_silent_server_ends_the_blocked_receive()
     {
-        await using var server = ScriptedServer.Start(c => Task.Delay(Timeout.Infinite, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(8)));
+        // Silent until the client goes away (its close ends this read).
+        await using var server = ScriptedServer.Start(c => c.ReadAsync(1));
         using var cancel = new CancellationTokenSource(TimeSpan.FromSeconds(2));
         var started = System.Diagnostics.Stopwatch.StartNew();
         var connect = NbdClient.ConnectAsync(server.Uri, NoReconnect, cancel.Token);
@@ -67,7 +68,7 @@ public sealed class HostileServerTests
         await using var server = ScriptedServer.Start(async c =>
         {
             await c.NegotiateAsync(size: 64 << 20);
-            await Task.Delay(Timeout.Infinite, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(15));
+            await Task.Delay(TimeSpan.FromSeconds(3));
         });
         var client = await NbdClient.ConnectAsync(server.Uri, NoReconnect with { DrainTimeout = TimeSpan.FromMilliseconds(200) });
         var payload = new byte[1 << 20];
