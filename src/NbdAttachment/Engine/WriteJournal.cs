@@ -24,7 +24,7 @@ internal sealed class WriteJournal
 
     public WriteJournal(long capacity) => Capacity = capacity;
 
-    /// <summary>Bytes above which the connection starts a flush of its own to empty the journal.</summary>
+    /// <summary>The configured capacity; from half of it the connection starts a flush of its own to empty the journal.</summary>
     public long Capacity { get; }
 
     /// <summary>Bytes held (acknowledged and still pending).</summary>

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using NbdAttachment.Client;
 using NbdAttachment.Testing;
 using NbdAttachment.Tests.Support;
@@ -147,29 +148,23 @@ public sealed class ReconnectTests
     [Fact]
     public async Task A_reply_cut_short_by_a_lost_connection_is_forgotten_when_the_read_is_replayed()
     {
-        // First connection: half of the read's data chunks, then the connection drops. Second: the whole reply.
-        // The replay must count only the second reply (it once added both and failed as over-covered).
-        var connections = 0;
-        await using var server = ScriptedServer.Start(async c =>
+        // First connection: half of the read's data, then the connection drops. Second: the whole reply. The
+        // replay must count only the second reply (it once added both and failed as over-covered).
+        var connections = new StrongBox<int>();
+        await using var server = FirstReplyCutShort(connections, async (c, r, first) =>
         {
-            var first = Interlocked.Increment(ref connections) == 1;
-            await c.NegotiateAsync(size: 1 << 20);
-            var r = await c.ReadRequestAsync();
             var half = (int)r.Length / 2;
             await c.SendChunkAsync(r.Cookie, 1, Bytes.U64(r.Offset).Raw(Enumerable.Repeat((byte)7, half).ToArray()).Build(), done: false);
-            if (first)
+            if (!first)
             {
-                return; // the connection closes with the reply half done
+                await c.SendChunkAsync(r.Cookie, 1, Bytes.U64(r.Offset + (ulong)half).Raw(Enumerable.Repeat((byte)7, (int)r.Length - half).ToArray()).Build());
             }
-
-            await c.SendChunkAsync(r.Cookie, 1, Bytes.U64(r.Offset + (ulong)half).Raw(Enumerable.Repeat((byte)7, (int)r.Length - half).ToArray()).Build());
-            await c.ReadRequestAsync(); // NBD_CMD_DISC
         });
         await using var client = await NbdClient.ConnectAsync(server.Uri, Fast);
         var buffer = new byte[8192];
         await client.ReadAsync(0, buffer).AsTask().WaitAsync(TimeSpan.FromSeconds(10));
         buffer.Should().AllBeEquivalentTo((byte)7);
-        connections.Should().Be(2);
+        connections.Value.Should().Be(2);
     }
 
     [Fact]
@@ -177,22 +172,29 @@ public sealed class ReconnectTests
     {
         // First connection: the extents chunk without the final flag, then the connection drops; second: the
         // whole reply. The caller's list must hold the second reply's extents only.
-        var connections = 0;
-        await using var server = ScriptedServer.Start(async c =>
+        var connections = new StrongBox<int>();
+        await using var server = FirstReplyCutShort(connections, (c, r, first) =>
+            c.SendChunkAsync(r.Cookie, 5, Bytes.U32(1).U32(r.Length / 2).U32(0).U32(r.Length / 2).U32(3).Build(), done: !first));
+        await using var client = await NbdClient.ConnectAsync(server.Uri, Fast);
+        var status = await client.GetBlockStatusAsync(0, 65536).AsTask().WaitAsync(TimeSpan.FromSeconds(10));
+        status.Select(e => (e.Offset, e.Length)).Should().Equal((0L, 32768L), (32768L, 32768L));
+        connections.Value.Should().Be(2);
+    }
+
+    /// <summary>
+    /// A server that answers each connection's first request with <paramref name="reply"/> (told whether this is
+    /// the first connection, which then closes with the reply unfinished); later connections wait for NBD_CMD_DISC.
+    /// </summary>
+    private static ScriptedServer FirstReplyCutShort(StrongBox<int> connections, Func<RawConnection, RawRequest, bool, Task> reply) =>
+        ScriptedServer.Start(async c =>
         {
-            var first = Interlocked.Increment(ref connections) == 1;
+            var first = Interlocked.Increment(ref connections.Value) == 1;
             await c.NegotiateAsync(size: 1 << 20);
-            var r = await c.ReadRequestAsync();
-            var extents = Bytes.U32(1).U32(r.Length / 2).U32(0).U32(r.Length / 2).U32(3).Build();
-            await c.SendChunkAsync(r.Cookie, 5, extents, done: !first);
+            var request = await c.ReadRequestAsync();
+            await reply(c, request, first);
             if (!first)
             {
                 await c.ReadRequestAsync(); // NBD_CMD_DISC
             }
         });
-        await using var client = await NbdClient.ConnectAsync(server.Uri, Fast);
-        var status = await client.GetBlockStatusAsync(0, 65536).AsTask().WaitAsync(TimeSpan.FromSeconds(10));
-        status.Select(e => (e.Offset, e.Length)).Should().Equal((0L, 32768L), (32768L, 32768L));
-        connections.Should().Be(2);
-    }
 }
