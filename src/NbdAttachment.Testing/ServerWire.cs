@@ -180,10 +180,8 @@ internal static class ServerWire
     /// <summary>NBD_REP_INFO carrying NBD_INFO_NAME or NBD_INFO_DESCRIPTION.</summary>
     public static byte[] InfoStringReply(uint option, ushort infoType, string text)
     {
-        byte[] textBytes = Encoding.UTF8.GetBytes(text);
-        var data = new byte[2 + textBytes.Length];
+        var data = Utf8After(2, text);
         BinaryPrimitives.WriteUInt16BigEndian(data, infoType);
-        textBytes.CopyTo(data, 2);
         return OptionReply(option, RepInfo, data);
     }
 
@@ -201,11 +199,17 @@ internal static class ServerWire
     /// <summary>NBD_REP_META_CONTEXT: context id, then name.</summary>
     public static byte[] MetaContextReply(uint option, uint contextId, string name)
     {
-        byte[] nameBytes = Encoding.UTF8.GetBytes(name);
-        var data = new byte[4 + nameBytes.Length];
+        var data = Utf8After(4, name);
         BinaryPrimitives.WriteUInt32BigEndian(data, contextId);
-        nameBytes.CopyTo(data, 4);
         return OptionReply(option, RepMetaContext, data);
+    }
+
+    /// <summary>A buffer of <paramref name="prefix"/> bytes (for the caller to fill) followed by <paramref name="text"/> in UTF-8.</summary>
+    private static byte[] Utf8After(int prefix, string text)
+    {
+        var data = new byte[prefix + Encoding.UTF8.GetByteCount(text)];
+        Encoding.UTF8.GetBytes(text, data.AsSpan(prefix));
+        return data;
     }
 
     /// <summary>Writes a 16-byte simple reply header.</summary>
