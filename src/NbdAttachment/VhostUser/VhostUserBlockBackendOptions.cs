@@ -9,11 +9,15 @@ public sealed record VhostUserBlockBackendOptions
     /// <summary>The largest number of queues a front-end may use.</summary>
     public const int MaxQueueCount = 64;
 
-    /// <summary>The defaults: one queue, no identifier, 126 segments of at most 1 MiB.</summary>
+    /// <summary>The defaults: up to 8 queues, no identifier, 126 segments of at most 1 MiB.</summary>
     public static VhostUserBlockBackendOptions Default { get; } = new();
 
-    /// <summary>Queues offered to the guest (virtio-blk <c>num_queues</c>), 1 to <see cref="MaxQueueCount"/>. Default: 1.</summary>
-    public int QueueCount { get; init; } = 1;
+    /// <summary>
+    /// The most queues a front-end may use (virtio-blk <c>num_queues</c>), 1 to <see cref="MaxQueueCount"/>. Default: 8.
+    /// QEMU uses one per vCPU unless told otherwise (<c>num-queues</c>) and refuses a backend with fewer. A queue
+    /// costs a thread only while the front-end has it started.
+    /// </summary>
+    public int QueueCount { get; init; } = 8;
 
     /// <summary>
     /// The serial the guest reads with <c>VIRTIO_BLK_T_GET_ID</c>: at most 20 printable ASCII characters. Default: empty.
