@@ -16,6 +16,16 @@ public static class ServerBinaries
     public const string Certtool = "certtool";
     public const string Openssl = "openssl";
     public const string Setpriv = "setpriv";
+    public const string QemuSystemX86 = "qemu-system-x86_64";
+    public const string QemuStorageDaemon = "qemu-storage-daemon";
+    public const string Busybox = "busybox";
+    public const string AptGet = "apt-get";
+    public const string AptCache = "apt-cache";
+    public const string DpkgDeb = "dpkg-deb";
+    public const string Cpio = "cpio";
+
+    /// <summary>Pseudo-program name of the guest kernel package (fetched with apt-get download at test time).</summary>
+    public const string GuestKernel = "linux-image-cloud-amd64";
 
     /// <summary>Environment variable that makes missing interop programs a test failure.</summary>
     public const string RequiredVariable = "NBD_INTEROP_REQUIRED";
@@ -32,6 +42,14 @@ public static class ServerBinaries
         [Certtool] = "gnutls-bin",
         [Openssl] = "openssl",
         [Setpriv] = "util-linux",
+        [QemuSystemX86] = "qemu-system-x86",
+        [QemuStorageDaemon] = "qemu-system-common",
+        [Busybox] = "busybox-static",
+        [AptGet] = "apt",
+        [AptCache] = "apt",
+        [DpkgDeb] = "dpkg",
+        [Cpio] = "cpio",
+        [GuestKernel] = "linux-image-cloud-amd64 (downloaded, not installed)",
     };
 
     /// <summary>True when <c>NBD_INTEROP_REQUIRED=1</c>: missing programs fail instead of skip.</summary>
@@ -82,7 +100,21 @@ public static class ServerBinaries
         }
 
         var package = DebianPackages.TryGetValue(name, out var p) ? p : name;
-        var reason = $"'{name}' was not found on PATH (Debian/Ubuntu package: {package}).";
+        SkipOrFail($"'{name}' was not found on PATH (Debian/Ubuntu package: {package}).", required);
+        return name; // unreachable
+    }
+
+    /// <summary>
+    /// Skips the current test because a prerequisite (a program, the guest kernel...) is missing or
+    /// unusable, or fails it when <see cref="InteropRequired"/>. Never returns.
+    /// </summary>
+    public static void SkipOrFail(string reason) => SkipOrFail(reason, InteropRequired);
+
+    /// <summary>Debian package that provides <paramref name="name"/> (as listed in the table), or the name itself.</summary>
+    public static string PackageOf(string name) => DebianPackages.TryGetValue(name, out var p) ? p : name;
+
+    internal static void SkipOrFail(string reason, bool required)
+    {
         if (required)
         {
             throw new InvalidOperationException(
@@ -90,7 +122,6 @@ public static class ServerBinaries
         }
 
         Skip.If(true, reason);
-        return name; // unreachable
     }
 
     /// <summary>Like <see cref="RequireOrSkip"/> for the first available of several alternatives.</summary>

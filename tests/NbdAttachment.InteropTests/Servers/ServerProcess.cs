@@ -449,7 +449,7 @@ public abstract class ServerProcess : IAsyncDisposable
     public override string ToString() => $"{Name} {Uri}";
 
     /// <summary>Prefix that makes the kernel SIGKILL the child when the test host dies (setpriv --pdeathsig), if available.</summary>
-    protected static (string FileName, List<string> Arguments) WithParentDeathSignal(string fileName)
+    protected internal static (string FileName, List<string> Arguments) WithParentDeathSignal(string fileName)
     {
         if (ServerBinaries.TryFind(ServerBinaries.Setpriv) is { } setpriv && SetprivSupportsPdeathsig.Value)
         {
