@@ -1,6 +1,6 @@
 // BootGuest: serve an NBD export to a real VM (QEMU, cloud-hypervisor) as a vhost-user-blk disk.
-// Usage: dotnet run --project samples/BootGuest [nbd-url] [--socket PATH] [--read-only] [--id SERIAL] [--verbose]
-// Without a URL an in-process NBD server with a 256 MiB export is started. The program prints the VMM command
+// Usage: dotnet run --project samples/BootGuest [nbd-url] [--socket PATH] [--read-only] [--id SERIAL] [--size MIB] [--once] [--verbose]
+// Without a URL an in-process NBD server with a 256 MiB export (--size) is started. The program prints the VMM command
 // line to use and serves until Ctrl+C (or until the VMM disconnects, with --once).
 using Microsoft.Extensions.Logging;
 using NbdAttachment;
@@ -14,18 +14,20 @@ var readOnly = false;
 var once = false;
 var verbose = false;
 var identifier = "nbd-disk";
+var sizeMiB = 256L;
 for (var i = 0; i < args.Length; i++)
 {
     switch (args[i])
     {
         case "--socket" when i + 1 < args.Length: socketPath = args[++i]; break;
         case "--id" when i + 1 < args.Length: identifier = args[++i]; break;
+        case "--size" when i + 1 < args.Length && long.TryParse(args[i + 1], out var mib) && mib > 0: sizeMiB = mib; i++; break;
         case "--read-only": readOnly = true; break;
         case "--once": once = true; break;
         case "--verbose": verbose = true; break;
         case var a when !a.StartsWith("--", StringComparison.Ordinal) && url is null: url = a; break;
         default:
-            Console.Error.WriteLine($"Unknown argument '{args[i]}'. Usage: BootGuest [nbd-url] [--socket PATH] [--read-only] [--id SERIAL] [--once] [--verbose]");
+            Console.Error.WriteLine($"Unknown argument '{args[i]}'. Usage: BootGuest [nbd-url] [--socket PATH] [--read-only] [--id SERIAL] [--size MIB] [--once] [--verbose]");
             return 2;
     }
 }
@@ -42,7 +44,7 @@ try
 {
     if (url is null)
     {
-        server = await NbdTestServer.StartAsync(new NbdTestServerOptions { Exports = [new NbdTestExportOptions { Size = 256L * 1024 * 1024 }] });
+        server = await NbdTestServer.StartAsync(new NbdTestServerOptions { Exports = [new NbdTestExportOptions { Size = sizeMiB * 1024 * 1024 }] });
         url = server.Uri.ToString();
         Console.WriteLine($"Started an in-process NBD server: {url}");
     }
