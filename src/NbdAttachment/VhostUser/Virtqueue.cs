@@ -61,7 +61,11 @@ internal sealed unsafe class Virtqueue
 
     private int _callFd = -1;
 
-    /// <summary>Replaces the call eventfd (may happen while running); closes the old one.</summary>
+    /// <summary>
+    /// Replaces the call eventfd (may happen while running); closes the old one. The new one is signalled once: a
+    /// completion pushed while there was no (or another) call fd would otherwise never be announced. A spurious
+    /// interrupt costs the guest a look at the used ring; a lost one hangs its request.
+    /// </summary>
     public void SetCallFd(int fd)
     {
         int old;
@@ -70,6 +74,10 @@ internal sealed unsafe class Virtqueue
             old = _callFd;
             _callFd = fd;
             _signalledValid = false;
+            if (fd >= 0)
+            {
+                LibC.Signal(fd);
+            }
         }
 
         LibC.CloseQuietly(old);

@@ -8,7 +8,7 @@ public sealed class EventIdTests
     [Fact]
     public void Event_ids_are_unique_across_the_library()
     {
-        var ids = new[] { typeof(NbdEventIds), typeof(NbdAttachmentEventIds) }
+        var ids = new[] { typeof(NbdEventIds), typeof(NbdAttachmentEventIds), typeof(VhostUserEventIds) }
             .SelectMany(t => t.GetFields(BindingFlags.Public | BindingFlags.Static))
             .Where(f => f.IsLiteral && f.FieldType == typeof(int))
             .Select(f => (Name: f.Name, Id: (int)f.GetRawConstantValue()!))
@@ -20,7 +20,7 @@ public sealed class EventIdTests
     [Fact]
     public void Every_logger_message_uses_a_catalogued_id()
     {
-        var catalogued = new[] { typeof(NbdEventIds), typeof(NbdAttachmentEventIds) }
+        var catalogued = new[] { typeof(NbdEventIds), typeof(NbdAttachmentEventIds), typeof(VhostUserEventIds) }
             .SelectMany(t => t.GetFields(BindingFlags.Public | BindingFlags.Static))
             .Select(f => (int)f.GetRawConstantValue()!)
             .ToHashSet();
