@@ -82,34 +82,10 @@ internal sealed unsafe class GuestMemory
     }
 
     /// <summary>A pointer to <paramref name="length"/> bytes at guest-physical <paramref name="address"/>, or null when any byte is outside one region.</summary>
-    public byte* TranslateGuest(ulong address, ulong length)
-    {
-        foreach (ref readonly var region in _regions.AsSpan())
-        {
-            if (address >= region.GuestAddress && address - region.GuestAddress < region.Size
-                && length <= region.Size - (address - region.GuestAddress))
-            {
-                return region.Host + (address - region.GuestAddress);
-            }
-        }
-
-        return null;
-    }
+    public byte* TranslateGuest(ulong address, ulong length) => Translate(address, length, user: false);
 
     /// <summary>A pointer to <paramref name="length"/> bytes at front-end virtual <paramref name="address"/>, or null.</summary>
-    public byte* TranslateUser(ulong address, ulong length)
-    {
-        foreach (ref readonly var region in _regions.AsSpan())
-        {
-            if (address >= region.UserAddress && address - region.UserAddress < region.Size
-                && length <= region.Size - (address - region.UserAddress))
-            {
-                return region.Host + (address - region.UserAddress);
-            }
-        }
-
-        return null;
-    }
+    public byte* TranslateUser(ulong address, ulong length) => Translate(address, length, user: true);
 
     public void AddReference() => Interlocked.Increment(ref _references);
 
@@ -123,6 +99,20 @@ internal sealed unsafe class GuestMemory
                 _ = LibC.Munmap(region.MapBase, region.MapLength);
             }
         }
+    }
+
+    private byte* Translate(ulong address, ulong length, bool user)
+    {
+        foreach (ref readonly var region in _regions.AsSpan())
+        {
+            var start = user ? region.UserAddress : region.GuestAddress;
+            if (address >= start && address - start < region.Size && length <= region.Size - (address - start))
+            {
+                return region.Host + (address - start);
+            }
+        }
+
+        return null;
     }
 
     private static GuestMemoryRegion MapRegion(int index, ulong guest, ulong size, ulong user, ulong offset, int fd)

@@ -247,8 +247,7 @@ public sealed class HostileFrontEndTests
         var (_, used) = fe.SubmitChain(0, [(header, 16, 0), (data.Address, data.Length, VirtqDescFlags.Write), (status, 1, VirtqDescFlags.Write)]);
         var ended = await ExpectIoErrorOrProtocolErrorAsync(h, fe, used, status);
         h.Device.Reads.Should().Be(0, "nothing was read for a request whose buffer cannot be mapped");
-        await ProbeOrDisconnectAsync(h, fe, ended);
-        await h.AssertServesNewFrontEndAsync();
+        await RecoverAsync(h, fe, ended);
     }
 
     [Fact]
@@ -261,8 +260,7 @@ public sealed class HostileFrontEndTests
         m.Span(status, 1)[0] = TestFrontEnd.StatusSentinel;
         var (_, used) = fe.SubmitChain(0, [(m.GuestPhysicalEnd + 4096, 16, 0), (status, 1, VirtqDescFlags.Write)]);
         var ended = await ExpectIoErrorOrProtocolErrorAsync(h, fe, used, status);
-        await ProbeOrDisconnectAsync(h, fe, ended);
-        await h.AssertServesNewFrontEndAsync();
+        await RecoverAsync(h, fe, ended);
     }
 
     [Theory]
@@ -281,12 +279,7 @@ public sealed class HostileFrontEndTests
         q.WriteDescriptor(d[0], header, 16, VirtqDescFlags.Next, d[1]);
         q.WriteDescriptor(d[1], data, 512, VirtqDescFlags.Next, selfLoop ? d[1] : d[2]);
         q.WriteDescriptor(d[2], data, 512, VirtqDescFlags.Next, d[0]);
-        var used = q.Expect(d[0]);
-        q.Publish(d[0]);
-        q.Kick();
-        var ended = await ExpectIoErrorOrProtocolErrorAsync(h, fe, used, statusAddress: null);
-        await ProbeOrDisconnectAsync(h, fe, ended);
-        await h.AssertServesNewFrontEndAsync();
+        await PublishAndExpectFailureAsync(h, fe, q, d[0], null);
     }
 
     [Fact]
@@ -300,12 +293,7 @@ public sealed class HostileFrontEndTests
         m.Write(header, BlkRequest.Flush().Header());
         var d = q.AllocateDescriptors(1);
         q.WriteDescriptor(d[0], header, 16, VirtqDescFlags.Next, 500);
-        var used = q.Expect(d[0]);
-        q.Publish(d[0]);
-        q.Kick();
-        var ended = await ExpectIoErrorOrProtocolErrorAsync(h, fe, used, statusAddress: null);
-        await ProbeOrDisconnectAsync(h, fe, ended);
-        await h.AssertServesNewFrontEndAsync();
+        await PublishAndExpectFailureAsync(h, fe, q, d[0], null);
     }
 
     [Fact]
@@ -368,12 +356,7 @@ public sealed class HostileFrontEndTests
 
         q.WriteDescriptor(d[0], ring.Address, ring.Length, headFlags, 0);
 
-        var used = q.Expect(d[0]);
-        q.Publish(d[0]);
-        q.Kick();
-        var ended = await ExpectIoErrorOrProtocolErrorAsync(h, fe, used, checkStatus ? status : null);
-        await ProbeOrDisconnectAsync(h, fe, ended);
-        await h.AssertServesNewFrontEndAsync();
+        await PublishAndExpectFailureAsync(h, fe, q, d[0], checkStatus ? status : null);
     }
 
     [Theory]
@@ -400,8 +383,7 @@ public sealed class HostileFrontEndTests
         var ended = await ExpectIoErrorOrProtocolErrorAsync(h, fe, used, statusAddress: null);
         m.Span(status, 16).ToArray().Should().OnlyContain(b => b == TestFrontEnd.StatusSentinel, "the device never writes into a device-readable or zero-length buffer");
         h.Device.Writes.Should().Be(0, "a request that cannot report its status is not executed");
-        await ProbeOrDisconnectAsync(h, fe, ended);
-        await h.AssertServesNewFrontEndAsync();
+        await RecoverAsync(h, fe, ended);
     }
 
     [Fact]
@@ -417,8 +399,7 @@ public sealed class HostileFrontEndTests
         var (_, used) = fe.SubmitChain(0, [(header, 8, 0), (status, 1, VirtqDescFlags.Write)]);
         var ended = await ExpectIoErrorOrProtocolErrorAsync(h, fe, used, status);
         h.Device.Flushes.Should().Be(0);
-        await ProbeOrDisconnectAsync(h, fe, ended);
-        await h.AssertServesNewFrontEndAsync();
+        await RecoverAsync(h, fe, ended);
     }
 
     [Theory]
@@ -501,6 +482,23 @@ public sealed class HostileFrontEndTests
     /// Waits for the hostile request's used entry or the end of the session. A used entry must carry IOERR when the
     /// test gave a valid status buffer; an ended session must carry a protocol error. Returns whether the session ended.
     /// </summary>
+    /// <summary>Publishes a hand-written chain at <paramref name="head"/>, kicks, and expects IOERR or a protocol-error disconnect; then <see cref="RecoverAsync"/>.</summary>
+    private static async Task PublishAndExpectFailureAsync(BackendHarness h, TestFrontEnd fe, SplitVirtqueue q, ushort head, ulong? statusAddress)
+    {
+        var used = q.Expect(head);
+        q.Publish(head);
+        q.Kick();
+        var ended = await ExpectIoErrorOrProtocolErrorAsync(h, fe, used, statusAddress);
+        await RecoverAsync(h, fe, ended);
+    }
+
+    /// <summary>The connection still works (or has ended), and a new front-end is served.</summary>
+    private static async Task RecoverAsync(BackendHarness h, TestFrontEnd fe, bool ended)
+    {
+        await ProbeOrDisconnectAsync(h, fe, ended);
+        await h.AssertServesNewFrontEndAsync();
+    }
+
     private static async Task<bool> ExpectIoErrorOrProtocolErrorAsync(BackendHarness h, TestFrontEnd fe, Task<UsedElement> used, ulong? statusAddress)
     {
         using var cancel = new CancellationTokenSource();
