@@ -12,15 +12,14 @@ for ((i = 1; i <= repeat; i++)); do
         --filter "FullyQualifiedName~OurBackendGuestTests.Throughput_compared_with_qemu_storage_daemon" \
         --logger "console;verbosity=detailed" 2>&1 | grep -o 'qemu-storage-daemon: write.*' | tee -a "$out"
 done
-awk '
-    { for (i = 1; i <= NF; i++) { if ($i == "write" && $(i+1) ~ /^[0-9.]+$/) w[n_w++] = $(i+1); if ($i == "read" && $(i+1) ~ /^[0-9.]+$/) r[n_r++] = $(i+1) } }
-    END {
-        # per line: ref write, ref read, ours write, ours read (in that order)
-        for (k = 0; k < n_w / 2; k++) { rw[k] = w[2*k]; ow[k] = w[2*k+1]; rr[k] = r[2*k]; orr[k] = r[2*k+1] }
-        m = n_w / 2
-        printf "median over %d runs: reference write %.1f MB/s read %.1f MB/s; ours write %.1f MB/s read %.1f MB/s; ratio write %.2f read %.2f\n",
-            m, med(rw, m), med(rr, m), med(ow, m), med(orr, m), med(ow, m) / med(rw, m), med(orr, m) / med(rr, m)
-    }
-    function med(a, n,    i, j, t, b) { for (i = 0; i < n; i++) b[i] = a[i]; for (i = 0; i < n; i++) for (j = i + 1; j < n; j++) if (b[j] < b[i]) { t = b[i]; b[i] = b[j]; b[j] = t }; return n % 2 ? b[int(n/2)] : (b[n/2-1] + b[n/2]) / 2 }
-' "$out"
+# Each line: "qemu-storage-daemon: write A MB/s, read B MB/s; ours: write C MB/s, read D MB/s; ratio ...".
+sed -E 's/.*daemon: write ([0-9.]+) MB\/s, read ([0-9.]+) MB\/s; ours: write ([0-9.]+) MB\/s, read ([0-9.]+) MB\/s.*/\1 \2 \3 \4/' "$out" |
+    awk '
+        { rw[NR] = $1; rr[NR] = $2; ow[NR] = $3; orr[NR] = $4; xw[NR] = $3 / $1; xr[NR] = $4 / $2 }
+        END {
+            printf "medians of %d pairs: reference write %.1f MB/s, read %.1f MB/s; ours write %.1f MB/s, read %.1f MB/s; pair ratios ours/reference: write %.2f, read %.2f\n",
+                NR, med(rw, NR), med(rr, NR), med(ow, NR), med(orr, NR), med(xw, NR), med(xr, NR)
+        }
+        function med(a, n,    i, j, t, b) { for (i = 1; i <= n; i++) b[i] = a[i]; for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (b[j] < b[i]) { t = b[i]; b[i] = b[j]; b[j] = t }; return n % 2 ? b[(n + 1) / 2] : (b[n / 2] + b[n / 2 + 1]) / 2 }
+    '
 rm -f "$out"

@@ -29,35 +29,35 @@ public sealed class BootGuestSampleTests(ITestOutputHelper output)
         using var process = Process.Start(info)!;
         var lines = new List<string>();
         var serving = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        process.OutputDataReceived += (_, e) =>
-        {
-            if (e.Data is null)
+        OutputPump.Start(
+            process,
+            line =>
             {
-                return;
-            }
+                if (line is null)
+                {
+                    return;
+                }
 
-            lock (lines)
-            {
-                lines.Add(e.Data);
-            }
-
-            if (e.Data.Contains("vhost-user-blk-pci", StringComparison.Ordinal))
-            {
-                serving.TrySetResult();
-            }
-        };
-        process.ErrorDataReceived += (_, e) =>
-        {
-            if (e.Data is not null)
-            {
                 lock (lines)
                 {
-                    lines.Add("stderr: " + e.Data);
+                    lines.Add(line);
                 }
-            }
-        };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
+
+                if (line.Contains("vhost-user-blk-pci", StringComparison.Ordinal))
+                {
+                    serving.TrySetResult();
+                }
+            },
+            line =>
+            {
+                if (line is not null)
+                {
+                    lock (lines)
+                    {
+                        lines.Add("stderr: " + line);
+                    }
+                }
+            });
         try
         {
             await serving.Task.WaitAsync(TimeSpan.FromSeconds(60));

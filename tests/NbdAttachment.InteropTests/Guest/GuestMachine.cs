@@ -381,10 +381,7 @@ public sealed class GuestMachine : IAsyncDisposable
         _clock.Start();
         _process = process;
         process.Exited += (_, _) => _exited.TrySetResult();
-        process.OutputDataReceived += (_, e) => OnLine(e.Data, null);
-        process.ErrorDataReceived += (_, e) => OnLine(e.Data, "[qemu stderr] ");
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
+        OutputPump.Start(process, line => OnLine(line, null), line => OnLine(line, "[qemu stderr] "));
         if (process.HasExited)
         {
             _exited.TrySetResult();

@@ -211,10 +211,7 @@ public abstract class ServerProcess : IAsyncDisposable
         var process = await ProcessLauncher.StartAsync(info).ConfigureAwait(false);
         _process = process;
         Live.TryAdd(this, 0);
-        process.ErrorDataReceived += (_, e) => Append(e.Data, stderr: true);
-        process.OutputDataReceived += (_, e) => Append(e.Data, stderr: false);
-        process.BeginErrorReadLine();
-        process.BeginOutputReadLine();
+        OutputPump.Start(process, line => Append(line, stderr: false), line => Append(line, stderr: true));
 
         var clock = Stopwatch.StartNew();
         while (true)
