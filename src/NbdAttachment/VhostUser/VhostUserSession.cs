@@ -114,7 +114,9 @@ internal sealed class VhostUserSession
         _memory.Release();
         _memory = GuestMemory.Empty;
         _socket.Dispose();
-        _requests.Dispose();
+
+        // _requests is not disposed: the backend may still call Abandon, and a CancellationTokenSource without a
+        // timer holds nothing that needs disposing.
     }
 
     private bool ReadMessage(out VhostUserRequest request, out uint flags, out int size)

@@ -11,6 +11,7 @@ internal sealed unsafe class UnixSocket : IDisposable
     /// <summary>The most descriptors one vhost-user message carries (SET_MEM_TABLE: 8 regions).</summary>
     public const int MaxFds = 8;
 
+    private readonly object _lifetime = new();
     private readonly int _wakeFd;
     private int _fd;
 
@@ -164,19 +165,31 @@ internal sealed unsafe class UnixSocket : IDisposable
     /// <summary>Makes every blocked and future wait return (the socket reads as closed).</summary>
     public void Wake()
     {
-        LibC.Signal(_wakeFd);
-        var fd = Volatile.Read(ref _fd);
-        if (fd >= 0)
+        // Under the lock: after Dispose the descriptor numbers may already belong to something else.
+        lock (_lifetime)
         {
-            _ = LibC.Shutdown(fd, LibC.SHUT_RDWR);
+            if (_fd < 0)
+            {
+                return;
+            }
+
+            LibC.Signal(_wakeFd);
+            _ = LibC.Shutdown(_fd, LibC.SHUT_RDWR);
         }
     }
 
     public void Dispose()
     {
-        var fd = Interlocked.Exchange(ref _fd, -1);
-        LibC.CloseQuietly(fd);
-        LibC.CloseQuietly(_wakeFd);
+        lock (_lifetime)
+        {
+            if (_fd < 0)
+            {
+                return;
+            }
+
+            _fd = LibC.CloseQuietly(_fd);
+            LibC.CloseQuietly(_wakeFd);
+        }
     }
 
     private static void CollectFds(LibC.MsgHdr* message, List<int> fds)
