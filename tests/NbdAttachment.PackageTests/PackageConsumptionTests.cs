@@ -19,6 +19,7 @@ public sealed class PackageConsumptionTests(ITestOutputHelper output)
         "src/NbdAttachment/NbdAttachment.csproj",
         "src/NbdAttachment.Testing/NbdAttachment.Testing.csproj",
         "src/NbdAttachment.Extensions.DependencyInjection/NbdAttachment.Extensions.DependencyInjection.csproj",
+        "src/NbdAttachment.Tools/NbdAttachment.Tools.csproj",
     ];
 
     [SkippableFact]
@@ -74,6 +75,18 @@ public sealed class PackageConsumptionTests(ITestOutputHelper output)
             run.Should().Contain("dependency injection client verified");
             run.Should().Contain($"NbdAttachment {version}");
             Directory.Exists(Path.Combine(app, "packages", "nbdattachment", version)).Should().BeTrue("the package comes from the local feed");
+
+            // 3. The `nbd` tool installs from the same feed into a tool path and runs against a server.
+            File.Exists(Path.Combine(feed, $"NbdAttachment.Tools.{version}.nupkg")).Should().BeTrue("the tool is packed");
+            var tools = Path.Combine(work, "tools");
+            await RunAsync(dotnet!, app, msbuild: false, timeout.Token, "tool", "install", "--tool-path", tools, "--add-source", feed, "NbdAttachment.Tools", "--version", version);
+            var nbd = Path.Combine(tools, "nbd");
+            (await RunAsync(nbd, work, msbuild: false, timeout.Token, "--help")).Should().Contain("copy");
+            await using var server = await NbdAttachment.Testing.NbdTestServer.StartAsync(new NbdAttachment.Testing.NbdTestServerOptions
+            {
+                Exports = [new NbdAttachment.Testing.NbdTestExportOptions { Size = 1 << 20 }],
+            });
+            (await RunAsync(nbd, work, msbuild: false, timeout.Token, "info", server.Uri.ToString())).Should().Contain("1,048,576 bytes");
         }
         finally
         {
@@ -197,7 +210,11 @@ public sealed class PackageConsumptionTests(ITestOutputHelper output)
             """);
     }
 
-    private async Task<string> RunAsync(string dotnet, string directory, CancellationToken cancellationToken, params string[] arguments)
+    private Task<string> RunAsync(string dotnet, string directory, CancellationToken cancellationToken, params string[] arguments) =>
+        RunAsync(dotnet, directory, msbuild: true, cancellationToken, arguments);
+
+    /// <summary>Runs a program to completion and returns its output; it must exit 0. <paramref name="msbuild"/>: a build command, run without build servers.</summary>
+    private async Task<string> RunAsync(string dotnet, string directory, bool msbuild, CancellationToken cancellationToken, params string[] arguments)
     {
         var start = new ProcessStartInfo(dotnet)
         {
@@ -212,8 +229,11 @@ public sealed class PackageConsumptionTests(ITestOutputHelper output)
         }
 
         // No build servers or reused MSBuild nodes: nothing may outlive the test holding its output pipes.
-        start.ArgumentList.Add("--disable-build-servers");
-        start.ArgumentList.Add("-nodeReuse:false");
+        if (msbuild)
+        {
+            start.ArgumentList.Add("--disable-build-servers");
+            start.ArgumentList.Add("-nodeReuse:false");
+        }
 
         // Variables that the outer `dotnet test` set for its own MSBuild and test host must not leak in.
         foreach (var key in start.Environment.Keys.ToList())
@@ -245,14 +265,14 @@ public sealed class PackageConsumptionTests(ITestOutputHelper output)
         catch (OperationCanceledException)
         {
             process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"`dotnet {string.Join(' ', arguments)}` did not finish within the {Budget.TotalMinutes}-minute budget:\n{Snapshot()}");
+            throw new TimeoutException($"`{Path.GetFileName(dotnet)} {string.Join(' ', arguments)}` did not finish within the {Budget.TotalMinutes}-minute budget:\n{Snapshot()}");
         }
 
         process.WaitForExit(); // drains the asynchronous output readers
         var all = Snapshot();
-        output.WriteLine($"$ dotnet {string.Join(' ', arguments)}   ({stopwatch.Elapsed.TotalSeconds:F1} s, exit {process.ExitCode})");
+        output.WriteLine($"$ {Path.GetFileName(dotnet)} {string.Join(' ', arguments)}   ({stopwatch.Elapsed.TotalSeconds:F1} s, exit {process.ExitCode})");
         output.WriteLine(all);
-        process.ExitCode.Should().Be(0, $"`dotnet {string.Join(' ', arguments)}` should succeed; output:\n{all}");
+        process.ExitCode.Should().Be(0, $"`{Path.GetFileName(dotnet)} {string.Join(' ', arguments)}` should succeed; output:\n{all}");
         return all;
 
         void Append(string? line)
