@@ -35,6 +35,20 @@ public sealed class InfoCommandTests
     }
 
     [Fact]
+    public async Task Info_contexts_lists_the_meta_contexts_in_text_and_json()
+    {
+        await using var server = await StartServerAsync();
+        var text = await ToolHarness.RunAsync("info", "--contexts", server.GetUri("disk").ToString());
+        text.ExitCode.Should().Be(0, text.ToString());
+        text.Output.Trim().Should().Be("base:allocation");
+
+        var json = await ToolHarness.RunAsync("info", "--contexts", "--json", server.GetUri("disk").ToString());
+        json.ExitCode.Should().Be(0, json.ToString());
+        using var document = JsonDocument.Parse(json.Output);
+        document.RootElement.GetProperty("meta_contexts").EnumerateArray().Select(e => e.GetString()).Should().Equal("base:allocation");
+    }
+
+    [Fact]
     public async Task Info_json_parses_back_over_a_unix_socket()
     {
         await using var server = await StartServerAsync();

@@ -20,6 +20,7 @@ internal static class InfoCommand
         var json = new Option<bool>("--json") { Description = "Machine-readable output (the shape is documented in docs/tools.md)." };
         var list = new Option<bool>("--list") { Description = "List the server's exports instead of describing one." };
         var map = new Option<bool>("--map") { Description = "Print the extent map (offset, length, type, description per line)." };
+        var contexts = new Option<bool>("--contexts") { Description = "List every meta context the server offers for the export (NBD_OPT_LIST_META_CONTEXT)." };
         var metaContext = new Option<string>("--context")
         {
             Description = "The meta context of --map (default base:allocation, e.g. qemu:dirty-bitmap:NAME).",
@@ -27,20 +28,21 @@ internal static class InfoCommand
         };
         var command = new Command("info", "Describe an NBD export: size, flags, block sizes, handshake, TLS, meta contexts.")
         {
-            url, json, list, map, metaContext,
+            url, json, list, map, metaContext, contexts,
         };
         command.SetAction((parse, cancellationToken) => RunAsync(
             context,
             parse.GetRequiredValue(url),
             parse.GetValue(json),
             parse.GetValue(list),
+            parse.GetValue(contexts),
             parse.GetValue(map),
             parse.GetValue(metaContext) ?? AllocationContext,
             cancellationToken));
         return command;
     }
 
-    private static async Task<int> RunAsync(ToolContext context, string url, bool json, bool list, bool map, string metaContext, CancellationToken cancellationToken)
+    private static async Task<int> RunAsync(ToolContext context, string url, bool json, bool list, bool contexts, bool map, string metaContext, CancellationToken cancellationToken)
     {
         var uri = NbdUrls.Parse(url);
         var options = NbdUrls.OneShotOptions(metaContext == AllocationContext ? [AllocationContext] : [AllocationContext, metaContext]);
@@ -48,6 +50,30 @@ internal static class InfoCommand
         if (list)
         {
             await ListAsync(output, uri, options, json, cancellationToken).ConfigureAwait(false);
+            return ExitCodes.Success;
+        }
+
+        if (contexts)
+        {
+            var names = await NbdClient.ListMetaContextsAsync(uri, query: null, options, cancellationToken).ConfigureAwait(false);
+            if (json)
+            {
+                var array = new JsonArray();
+                foreach (var name in names)
+                {
+                    array.Add((JsonNode?)JsonValue.Create(name));
+                }
+
+                await output.WriteLineAsync(new JsonObject { ["url"] = uri.ToString(), ["meta_contexts"] = array }.ToJsonString(Indented)).ConfigureAwait(false);
+            }
+            else
+            {
+                foreach (var name in names)
+                {
+                    await output.WriteLineAsync(name).ConfigureAwait(false);
+                }
+            }
+
             return ExitCodes.Success;
         }
 

@@ -149,6 +149,27 @@ public sealed partial class NbdClient : IAsyncDisposable
     public static ValueTask<IReadOnlyList<NbdExportListing>> ListExportsAsync(NbdUri uri, NbdClientOptions? options = null, CancellationToken cancellationToken = default) =>
         NbdSession.NegotiateOnlyAsync(uri, options, static (negotiator, ct) => negotiator.ListAsync(ct), cancellationToken);
 
+    /// <summary>Lists the meta contexts the server offers for the URL's export (<c>NBD_OPT_LIST_META_CONTEXT</c>).</summary>
+    /// <param name="uri">The export's URL.</param>
+    /// <param name="query">A query such as <c>qemu:</c> or <c>qemu:dirty-bitmap:</c> (a namespace or prefix), or null for every context.</param>
+    /// <param name="options">Settings; <see cref="NbdClientOptions.Default"/> when null.</param>
+    /// <param name="cancellationToken">Cancels the request.</param>
+    /// <returns>The context names, in the server's order, each once.</returns>
+    public static ValueTask<IReadOnlyList<string>> ListMetaContextsAsync(Uri uri, string? query = null, NbdClientOptions? options = null, CancellationToken cancellationToken = default) =>
+        ListMetaContextsAsync(NbdUri.Parse(uri), query, options, cancellationToken);
+
+    /// <summary>Lists the meta contexts the server offers for the URL's export (<c>NBD_OPT_LIST_META_CONTEXT</c>).</summary>
+    /// <param name="uri">The export's URL.</param>
+    /// <param name="query">A query such as <c>qemu:</c> or <c>qemu:dirty-bitmap:</c> (a namespace or prefix), or null for every context.</param>
+    /// <param name="options">Settings; <see cref="NbdClientOptions.Default"/> when null.</param>
+    /// <param name="cancellationToken">Cancels the request.</param>
+    /// <returns>The context names, in the server's order, each once.</returns>
+    public static ValueTask<IReadOnlyList<string>> ListMetaContextsAsync(NbdUri uri, string? query = null, NbdClientOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        IReadOnlyList<string> queries = query is null ? [] : [query];
+        return NbdSession.NegotiateOnlyAsync(uri, options, (negotiator, ct) => negotiator.ListMetaContextsAsync(queries, ct), cancellationToken);
+    }
+
     /// <summary>Asks the server about the URL's export without entering transmission (<c>NBD_OPT_INFO</c>).</summary>
     /// <param name="uri">The export's URL.</param>
     /// <param name="options">Settings; <see cref="NbdClientOptions.Default"/> when null.</param>

@@ -39,6 +39,9 @@ internal sealed class NbdNegotiator
     public Stream Stream => _stream;
 
     /// <summary>Negotiates up to the transmission phase for the URL's export.</summary>
+    /// <summary>The most meta contexts a LIST answer may name (a bound on a hostile server).</summary>
+    private const int MaxListedContexts = 65536;
+
     public async ValueTask<NbdExportInfo> GoAsync(CancellationToken cancellationToken)
     {
         var oldstyle = await OpenAsync(cancellationToken).ConfigureAwait(false);
@@ -121,6 +124,56 @@ internal sealed class NbdNegotiator
 
         await AbortAsync(cancellationToken).ConfigureAwait(false);
         return exports;
+    }
+
+    /// <summary>
+    /// Lists the meta contexts the server offers for the URL's export (<c>NBD_OPT_LIST_META_CONTEXT</c>), for
+    /// <paramref name="queries"/> (none: every context), then ends the session with <c>NBD_OPT_ABORT</c>.
+    /// Structured replies are negotiated first, since servers may answer only after them.
+    /// </summary>
+    public async ValueTask<IReadOnlyList<string>> ListMetaContextsAsync(IReadOnlyList<string> queries, CancellationToken cancellationToken)
+    {
+        var oldstyle = await OpenAsync(cancellationToken).ConfigureAwait(false);
+        if (oldstyle is not null)
+        {
+            throw new NbdNegotiationException(NbdNegotiationError.UnsupportedHandshake, null, "An oldstyle server cannot list meta contexts.");
+        }
+
+        RequireFixedNewstyle(NbdOption.ListMetaContext);
+        await StartTlsIfWantedAsync(cancellationToken).ConfigureAwait(false);
+        _ = await SimpleOptionAsync(NbdOption.StructuredReply, cancellationToken).ConfigureAwait(false);
+        await SendOptionAsync(NbdOption.ListMetaContext, NbdOptionCodec.BuildMetaContextData(_uri.ExportName, queries), cancellationToken).ConfigureAwait(false);
+        var names = new List<string>();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        while (true)
+        {
+            var (header, payload) = await ReadReplyAsync(NbdOption.ListMetaContext, cancellationToken).ConfigureAwait(false);
+            if (header.Type == NbdOptionReplyType.MetaContext)
+            {
+                var (_, name) = NbdOptionCodec.ParseMetaContext(payload);
+                if (seen.Add(name))
+                {
+                    names.Add(name);
+                }
+
+                if (names.Count > MaxListedContexts)
+                {
+                    throw new NbdProtocolException($"The server listed more than {MaxListedContexts} meta contexts.");
+                }
+            }
+            else if (header.Type == NbdOptionReplyType.Ack)
+            {
+                break;
+            }
+            else
+            {
+                ThrowIfError(header, payload);
+                throw Unexpected(header);
+            }
+        }
+
+        await AbortAsync(cancellationToken).ConfigureAwait(false);
+        return names;
     }
 
     /// <summary>Reads the greeting and sends client flags. Returns the export info for an oldstyle server, else null.</summary>

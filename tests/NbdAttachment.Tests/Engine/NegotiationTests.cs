@@ -118,6 +118,28 @@ public sealed class NegotiationTests
     }
 
     [Fact]
+    public async Task List_meta_contexts_names_what_the_server_offers_and_enters_no_transmission()
+    {
+        await using var server = await NbdTestServer.StartAsync(new NbdTestServerOptions { Exports = [new NbdTestExportOptions("a", 4096)] });
+        (await NbdClient.ListMetaContextsAsync(NbdUri.Parse(server.GetUri("a")))).Should().Equal("base:allocation");
+        (await NbdClient.ListMetaContextsAsync(NbdUri.Parse(server.GetUri("a")), "base:")).Should().Equal("base:allocation");
+        (await NbdClient.ListMetaContextsAsync(NbdUri.Parse(server.GetUri("a")), "qemu:")).Should().BeEmpty();
+        server.Statistics.GetOptionCount(9).Should().Be(3, "one NBD_OPT_LIST_META_CONTEXT per call");
+    }
+
+    [Fact]
+    public async Task List_meta_contexts_of_an_unknown_export_or_without_support_is_a_typed_error()
+    {
+        await using var server = await NbdTestServer.StartAsync(new NbdTestServerOptions { Exports = [new NbdTestExportOptions("a", 4096)] });
+        var unknown = async () => await NbdClient.ListMetaContextsAsync(NbdUri.Parse(server.GetUri("nope")));
+        await unknown.Should().ThrowAsync<NbdNegotiationException>();
+
+        await using var bare = await NbdTestServer.StartAsync(new NbdTestServerOptions { SupportMetaContexts = false });
+        var unsupported = async () => await NbdClient.ListMetaContextsAsync(NbdUri.Parse(bare.Uri));
+        await unsupported.Should().ThrowAsync<NbdNegotiationException>();
+    }
+
+    [Fact]
     public async Task List_refused_is_a_typed_error()
     {
         await using var server = await NbdTestServer.StartAsync(new NbdTestServerOptions { SupportList = false });
