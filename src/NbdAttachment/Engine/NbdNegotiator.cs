@@ -103,26 +103,11 @@ internal sealed class NbdNegotiator
         await StartTlsIfWantedAsync(cancellationToken).ConfigureAwait(false);
         await SendOptionAsync(NbdOption.List, default, cancellationToken).ConfigureAwait(false);
         var exports = new List<NbdExportListing>();
-        while (true)
+        await ReadListAsync(NbdOption.List, NbdOptionReplyType.Server, payload =>
         {
-            var (header, payload) = await ReadReplyAsync(NbdOption.List, cancellationToken).ConfigureAwait(false);
-            if (header.Type == NbdOptionReplyType.Server)
-            {
-                var (name, description) = NbdOptionCodec.ParseServer(payload);
-                exports.Add(new NbdExportListing(name, description));
-            }
-            else if (header.Type == NbdOptionReplyType.Ack)
-            {
-                break;
-            }
-            else
-            {
-                ThrowIfError(header, payload);
-                throw Unexpected(header);
-            }
-        }
-
-        await AbortAsync(cancellationToken).ConfigureAwait(false);
+            var (name, description) = NbdOptionCodec.ParseServer(payload);
+            exports.Add(new NbdExportListing(name, description));
+        }, cancellationToken).ConfigureAwait(false);
         return exports;
     }
 
@@ -145,21 +130,31 @@ internal sealed class NbdNegotiator
         await SendOptionAsync(NbdOption.ListMetaContext, NbdOptionCodec.BuildMetaContextData(_uri.ExportName, queries), cancellationToken).ConfigureAwait(false);
         var names = new List<string>();
         var seen = new HashSet<string>(StringComparer.Ordinal);
+        await ReadListAsync(NbdOption.ListMetaContext, NbdOptionReplyType.MetaContext, payload =>
+        {
+            var (_, name) = NbdOptionCodec.ParseMetaContext(payload);
+            if (seen.Add(name))
+            {
+                names.Add(name);
+            }
+
+            if (names.Count > MaxListedContexts)
+            {
+                throw new NbdProtocolException($"The server listed more than {MaxListedContexts} meta contexts.");
+            }
+        }, cancellationToken).ConfigureAwait(false);
+        return names;
+    }
+
+    /// <summary>Reads the replies of a listing option up to ACK, handing each <paramref name="itemType"/> payload to <paramref name="onItem"/>; then aborts the session.</summary>
+    private async ValueTask ReadListAsync(NbdOption option, NbdOptionReplyType itemType, Action<byte[]> onItem, CancellationToken cancellationToken)
+    {
         while (true)
         {
-            var (header, payload) = await ReadReplyAsync(NbdOption.ListMetaContext, cancellationToken).ConfigureAwait(false);
-            if (header.Type == NbdOptionReplyType.MetaContext)
+            var (header, payload) = await ReadReplyAsync(option, cancellationToken).ConfigureAwait(false);
+            if (header.Type == itemType)
             {
-                var (_, name) = NbdOptionCodec.ParseMetaContext(payload);
-                if (seen.Add(name))
-                {
-                    names.Add(name);
-                }
-
-                if (names.Count > MaxListedContexts)
-                {
-                    throw new NbdProtocolException($"The server listed more than {MaxListedContexts} meta contexts.");
-                }
+                onItem(payload);
             }
             else if (header.Type == NbdOptionReplyType.Ack)
             {
@@ -173,7 +168,6 @@ internal sealed class NbdNegotiator
         }
 
         await AbortAsync(cancellationToken).ConfigureAwait(false);
-        return names;
     }
 
     /// <summary>Reads the greeting and sends client flags. Returns the export info for an oldstyle server, else null.</summary>
