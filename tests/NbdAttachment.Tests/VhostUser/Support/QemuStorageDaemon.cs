@@ -77,7 +77,7 @@ public sealed class QemuStorageDaemon : IAsyncDisposable
     /// </summary>
     public async Task<TestFrontEnd> ConnectAsync(FrontEndOptions? options = null)
     {
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30); // qemu-storage-daemon re-listens only after it has finished with the previous front-end
         while (true)
         {
             try
